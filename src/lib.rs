@@ -1,7 +1,26 @@
 //! plasma: a declarative environment reconciler for local AI image generation.
+//!
+//! The engine is one pass, one module per step: [`spec`] (load), [`graph`]
+//! (resolve), [`lint`], [`engine`] (observe and diff), [`render`], [`apply`]
+//! and [`state`]. Resource kinds live under [`resource`], one file each.
 
+pub mod apply;
+pub mod cli;
+pub mod diagnostic;
 pub mod download;
+pub mod drift;
+pub mod engine;
+pub mod fsutil;
 pub mod git;
+pub mod graph;
 pub mod hashing;
+pub mod lint;
+pub mod plan;
 pub mod python;
+pub mod render;
+pub mod resource;
 pub mod safetensors;
+pub mod schema;
+pub mod spec;
+pub mod state;
+pub mod yaml;

@@ -1,0 +1,324 @@
+//! Step 7, apply: walk the DAG, up to `--parallelism` resources at once. A
+//! failure skips its dependents and lets independent branches finish; every
+//! changed resource is observed again to prove it converged; state is written
+//! as resources finish, so an interrupted apply keeps what it did.
+
+use std::collections::HashSet;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use futures_util::stream::{FuturesUnordered, StreamExt};
+
+use crate::engine::Loaded;
+use crate::fsutil;
+use crate::plan::{Action, Plan};
+use crate::resource::{ApplyContext, Observation, ObserveContext, Outputs, ResourceError};
+use crate::state::{ResourceState, State, StateError};
+
+/// State is written at most this often while resources finish (and always at the end).
+const STATE_WRITE_INTERVAL: Duration = Duration::from_millis(250);
+
+pub struct ApplyOptions {
+    pub parallelism: usize,
+    /// Delete the files of forgotten resources that plasma created.
+    pub prune: bool,
+}
+
+/// How one resource's apply ended.
+#[derive(Debug)]
+pub enum Outcome {
+    Applied {
+        action: Action,
+        seconds: f64,
+    },
+    Failed(ResourceError),
+    /// Not attempted because a dependency failed (named) or apply was interrupted.
+    Skipped(String),
+}
+
+pub struct Report {
+    pub outcomes: Vec<(String, Outcome)>,
+    pub interrupted: bool,
+}
+
+impl Report {
+    pub fn failed(&self) -> usize {
+        self.outcomes
+            .iter()
+            .filter(|(_, o)| matches!(o, Outcome::Failed(_)))
+            .count()
+    }
+}
+
+/// Receives progress as the walk goes.
+pub trait Progress: Sync {
+    fn started(&self, address: &str, action: Action);
+    fn finished(&self, address: &str, outcome: &Outcome);
+    fn interrupted(&self);
+}
+
+/// Set by the first Ctrl-C: finish what runs, start nothing new.
+pub static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+type Task<'a> =
+    Pin<Box<dyn Future<Output = (usize, Result<(Outputs, f64), ResourceError>)> + Send + 'a>>;
+
+/// Applies `plan` using fresh `observations` (index-aligned with the spec).
+pub async fn run(
+    loaded: &Loaded,
+    plan: &Plan,
+    observations: &[Option<Observation>],
+    state: &mut State,
+    options: &ApplyOptions,
+    progress: &dyn Progress,
+) -> Result<Report, StateError> {
+    let spec = &loaded.spec;
+    let log_dir = loaded.state_file.dir().join("logs");
+    let n = spec.resources.len();
+    let action_of = |i: usize| {
+        plan.get(&spec.resources[i].address.to_string())
+            .map_or(Action::NoOp, |c| c.diff.action)
+    };
+
+    // Resources not in the plan, or with nothing to do, count as done.
+    let mut remaining_deps: Vec<usize> =
+        (0..n).map(|i| loaded.graph.dependencies(i).len()).collect();
+    let mut done = vec![false; n];
+    let mut blocked: Vec<Option<String>> = vec![None; n];
+    let mut ready: Vec<usize> = Vec::new();
+    let mut outcomes = Vec::new();
+    let mut last_write = Instant::now();
+    let mut dirty = false;
+
+    let finish = |i: usize,
+                  ready: &mut Vec<usize>,
+                  remaining: &mut Vec<usize>,
+                  blocked: &mut Vec<Option<String>>,
+                  failed_because: Option<String>| {
+        for dependent in loaded.graph.dependents(i) {
+            if let Some(reason) = &failed_because {
+                blocked[dependent].get_or_insert_with(|| reason.clone());
+            }
+            remaining[dependent] -= 1;
+            if remaining[dependent] == 0 {
+                ready.push(dependent);
+            }
+        }
+    };
+
+    for &i in &loaded.graph.order {
+        if remaining_deps[i] == 0 {
+            ready.push(i);
+        }
+    }
+
+    let mut running: FuturesUnordered<Task<'_>> = FuturesUnordered::new();
+    let mut ctrl_c = Box::pin(tokio::signal::ctrl_c());
+    loop {
+        // Launch what is ready, up to the parallelism limit.
+        while running.len() < options.parallelism.max(1) {
+            let Some(i) = ready.pop() else { break };
+            let address = spec.resources[i].address.to_string();
+            let action = action_of(i);
+            if let Some(reason) = blocked[i].clone() {
+                outcomes.push((address.clone(), Outcome::Skipped(reason.clone())));
+                progress.finished(&address, &outcomes.last().expect("just pushed").1);
+                done[i] = true;
+                finish(
+                    i,
+                    &mut ready,
+                    &mut remaining_deps,
+                    &mut blocked,
+                    Some(reason),
+                );
+                continue;
+            }
+            let observation = observations[i].as_ref();
+            if !action.is_change() || observation.is_none() {
+                done[i] = true;
+                finish(i, &mut ready, &mut remaining_deps, &mut blocked, None);
+                continue;
+            }
+            if INTERRUPTED.load(Ordering::SeqCst) {
+                let reason = "apply was interrupted".to_string();
+                outcomes.push((address.clone(), Outcome::Skipped(reason.clone())));
+                done[i] = true;
+                finish(
+                    i,
+                    &mut ready,
+                    &mut remaining_deps,
+                    &mut blocked,
+                    Some(reason),
+                );
+                continue;
+            }
+            progress.started(&address, action);
+            let prior = state.resources.get(&address).cloned();
+            let log_dir = log_dir.clone();
+            let declared = &spec.resources[i];
+            let observation = observation.expect("checked above");
+            running.push(Box::pin(async move {
+                let started = Instant::now();
+                let result = apply_one(declared, observation, prior.as_ref(), &log_dir).await;
+                (
+                    i,
+                    result.map(|outputs| (outputs, started.elapsed().as_secs_f64())),
+                )
+            }));
+        }
+        if running.is_empty() {
+            break;
+        }
+        let next = tokio::select! {
+            next = running.next() => next,
+            _ = &mut ctrl_c, if !INTERRUPTED.load(Ordering::SeqCst) => {
+                INTERRUPTED.store(true, Ordering::SeqCst);
+                progress.interrupted();
+                // A second Ctrl-C exits at once.
+                tokio::spawn(async {
+                    let _ = tokio::signal::ctrl_c().await;
+                    std::process::exit(130);
+                });
+                continue;
+            }
+        };
+        let Some((i, result)) = next else { break };
+        let declared = &spec.resources[i];
+        let address = declared.address.to_string();
+        done[i] = true;
+        let outcome = match result {
+            Ok((outputs, seconds)) => {
+                let action = action_of(i);
+                let created = state.resources.get(&address).is_some_and(|p| p.created)
+                    || action == Action::Create;
+                let desired = declared.resource.desired();
+                state.resources.insert(
+                    address.clone(),
+                    ResourceState {
+                        kind: declared.address.kind.clone(),
+                        desired_digest: digest_of(&desired),
+                        desired,
+                        outputs,
+                        owned_paths: declared.resource.owned_paths(),
+                        created,
+                        applied_at: fsutil::unix_now(),
+                    },
+                );
+                dirty = true;
+                finish(i, &mut ready, &mut remaining_deps, &mut blocked, None);
+                Outcome::Applied { action, seconds }
+            }
+            Err(e) => {
+                finish(
+                    i,
+                    &mut ready,
+                    &mut remaining_deps,
+                    &mut blocked,
+                    Some(format!("{address} failed")),
+                );
+                Outcome::Failed(e)
+            }
+        };
+        progress.finished(&address, &outcome);
+        outcomes.push((address, outcome));
+        if dirty && last_write.elapsed() >= STATE_WRITE_INTERVAL {
+            loaded.state_file.save(state)?;
+            last_write = Instant::now();
+            dirty = false;
+        }
+    }
+
+    // Resources in state but no longer in the spec.
+    let mut forgotten = HashSet::new();
+    for change in plan
+        .changes
+        .iter()
+        .filter(|c| c.diff.action == Action::Forget)
+    {
+        if INTERRUPTED.load(Ordering::SeqCst) {
+            break;
+        }
+        let Some(entry) = state.resources.get(&change.address).cloned() else {
+            continue;
+        };
+        progress.started(&change.address, Action::Forget);
+        let outcome = match prune(&entry, options.prune) {
+            Ok(()) => {
+                state.resources.remove(&change.address);
+                forgotten.insert(change.address.clone());
+                dirty = true;
+                Outcome::Applied {
+                    action: Action::Forget,
+                    seconds: 0.0,
+                }
+            }
+            Err(e) => Outcome::Failed(e),
+        };
+        progress.finished(&change.address, &outcome);
+        outcomes.push((change.address.clone(), outcome));
+    }
+
+    if dirty {
+        loaded.state_file.save(state)?;
+    }
+    Ok(Report {
+        outcomes,
+        interrupted: INTERRUPTED.load(Ordering::SeqCst),
+    })
+}
+
+/// Apply one resource, then observe it again: it must now match the spec.
+async fn apply_one(
+    declared: &crate::spec::Declared,
+    observation: &Observation,
+    prior: Option<&ResourceState>,
+    log_dir: &std::path::Path,
+) -> Result<Outputs, ResourceError> {
+    let resource = &declared.resource;
+    let cx = ApplyContext { prior, log_dir };
+    let mut outputs = resource.apply(observation, &cx).await?;
+    let after = resource
+        .observe(&ObserveContext {
+            prior,
+            refresh: false,
+            verify: false,
+        })
+        .await?;
+    let diff = resource.diff(&after, prior);
+    if diff.action.is_change() {
+        return Err(ResourceError::new(format!(
+            "applied, but it still differs from the spec: {}",
+            diff.reason
+        )));
+    }
+    outputs.extend(resource.outputs(&after));
+    Ok(outputs)
+}
+
+/// `--prune` deletes what plasma created; without it nothing is touched.
+fn prune(entry: &ResourceState, prune: bool) -> Result<(), ResourceError> {
+    if !prune || !entry.created {
+        return Ok(());
+    }
+    for path in &entry.owned_paths {
+        let meta = match std::fs::symlink_metadata(path) {
+            Ok(m) => m,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(ResourceError::io("cannot inspect", path, e)),
+        };
+        let result = if meta.is_dir() {
+            std::fs::remove_dir_all(path)
+        } else {
+            std::fs::remove_file(path)
+        };
+        result.map_err(|e| ResourceError::io("cannot delete", path, e))?;
+    }
+    Ok(())
+}
+
+pub fn digest_of(value: &serde_json::Value) -> String {
+    blake3::hash(value.to_string().as_bytes())
+        .to_hex()
+        .to_string()
+}

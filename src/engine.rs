@@ -1,0 +1,254 @@
+//! Steps 1 to 5 glued together: load, resolve, lint, observe, diff.
+
+use std::path::{Path, PathBuf};
+
+use futures_util::StreamExt;
+use futures_util::stream;
+
+use crate::diagnostic::{Problem, SpecErrors};
+use crate::graph::Graph;
+use crate::lint;
+use crate::plan::{
+    Action, Diff, PLAN_FORMAT, Plan, PlanBasis, PlanError, PlanWarning, PlannedChange,
+};
+use crate::resource::{Observation, ObserveContext, ResourceError};
+use crate::spec::{self, Spec};
+use crate::state::{State, StateFile};
+
+/// How many resources are observed at once.
+const OBSERVE_CONCURRENCY: usize = 16;
+
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error(transparent)]
+    Load(#[from] spec::LoadError),
+    #[error(transparent)]
+    State(#[from] crate::state::StateError),
+    #[error("{0}")]
+    Other(String),
+}
+
+impl From<SpecErrors> for EngineError {
+    fn from(e: SpecErrors) -> Self {
+        EngineError::Load(spec::LoadError::Spec(e))
+    }
+}
+
+/// A spec that loaded, resolved and passed its lints (warnings kept).
+pub struct Loaded {
+    pub spec: Spec,
+    pub graph: Graph,
+    pub warnings: Vec<Problem>,
+    pub state_file: StateFile,
+}
+
+/// Load, resolve and lint. Lint errors fail like load errors; warnings are returned.
+pub fn load(spec_path: &Path, state_path: Option<&Path>) -> Result<Loaded, EngineError> {
+    let spec = spec::load_file(spec_path)?;
+    let graph = Graph::build(&spec).map_err(|p| SpecErrors { problems: vec![p] })?;
+    let findings = lint::run(&spec);
+    let (errors, warnings): (Vec<Problem>, Vec<Problem>) =
+        findings.into_iter().partition(Problem::is_error);
+    if !errors.is_empty() {
+        let mut problems = errors;
+        problems.extend(warnings);
+        return Err(SpecErrors { problems }.into());
+    }
+    let state_file = match state_path {
+        Some(p) => StateFile {
+            path: std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf()),
+        },
+        None => StateFile::beside(&spec.dir),
+    };
+    Ok(Loaded {
+        spec,
+        graph,
+        warnings,
+        state_file,
+    })
+}
+
+/// Flags that change how observation behaves.
+#[derive(Debug, Clone, Default)]
+pub struct ObserveOptions {
+    /// Addresses allowed to use the network to look upstream (`--refresh`).
+    pub refresh: Vec<String>,
+    pub refresh_all: bool,
+    pub verify: bool,
+}
+
+/// Observes the selected resources concurrently; `None` for the ones not selected.
+pub async fn observe(
+    loaded: &Loaded,
+    state: Option<&State>,
+    options: &ObserveOptions,
+    selected: &[bool],
+) -> Vec<Option<Result<Observation, ResourceError>>> {
+    let spec = &loaded.spec;
+    let tasks = spec.resources.iter().enumerate().map(|(i, declared)| {
+        let address = declared.address.to_string();
+        let prior = state.and_then(|s| s.resources.get(&address));
+        let refresh = options.refresh_all || options.refresh.contains(&address);
+        let verify = options.verify;
+        async move {
+            if !selected[i] {
+                return None;
+            }
+            let cx = ObserveContext {
+                prior,
+                refresh,
+                verify,
+            };
+            Some(declared.resource.observe(&cx).await)
+        }
+    });
+    stream::iter(tasks)
+        .buffered(OBSERVE_CONCURRENCY)
+        .collect()
+        .await
+}
+
+/// Selection of resources: everything, or `--target`s with what they depend on.
+pub fn select(loaded: &Loaded, targets: &[String]) -> Result<Vec<bool>, EngineError> {
+    if targets.is_empty() {
+        return Ok(vec![true; loaded.spec.resources.len()]);
+    }
+    let mut indices = Vec::new();
+    for target in targets {
+        let found = loaded
+            .spec
+            .resources
+            .iter()
+            .position(|r| r.address.to_string() == *target);
+        match found {
+            Some(i) => indices.push(i),
+            None => {
+                let known: Vec<String> = loaded
+                    .spec
+                    .resources
+                    .iter()
+                    .map(|r| r.address.to_string())
+                    .collect();
+                let hint =
+                    crate::diagnostic::did_you_mean(target, known.iter().map(String::as_str))
+                        .map(|s| format!(" (did you mean `{s}`?)"))
+                        .unwrap_or_default();
+                return Err(EngineError::Other(format!(
+                    "no resource `{target}` in the spec{hint}"
+                )));
+            }
+        }
+    }
+    Ok(loaded.graph.with_dependencies(&indices))
+}
+
+/// Desired against observed for every selected resource, in dependency
+/// order, plus "forget" for resources left in state but gone from the spec.
+pub fn make_plan(
+    loaded: &Loaded,
+    observations: &[Option<Result<Observation, ResourceError>>],
+    state: Option<&State>,
+) -> Plan {
+    let spec = &loaded.spec;
+    let mut changes = Vec::new();
+    let mut errors = Vec::new();
+    for &i in &loaded.graph.order {
+        let declared = &spec.resources[i];
+        let address = declared.address.to_string();
+        let Some(result) = &observations[i] else {
+            continue;
+        };
+        match result {
+            Ok(observation) => {
+                let prior = state.and_then(|s| s.resources.get(&address));
+                let diff = declared.resource.diff(observation, prior);
+                changes.push(PlannedChange {
+                    address,
+                    kind: declared.address.kind.clone(),
+                    diff,
+                    fingerprint: observation.fingerprint.clone(),
+                    depends_on: loaded
+                        .graph
+                        .dependencies(i)
+                        .into_iter()
+                        .map(|d| spec.resources[d].address.to_string())
+                        .collect(),
+                });
+            }
+            Err(e) => errors.push(PlanError {
+                address,
+                message: e.message.clone(),
+                help: e.help.clone(),
+            }),
+        }
+    }
+    let all_selected = observations.iter().all(Option::is_some);
+    if let Some(state) = state.filter(|_| all_selected) {
+        for (address, entry) in &state.resources {
+            let in_spec = spec
+                .resources
+                .iter()
+                .any(|r| r.address.to_string() == *address);
+            if !in_spec {
+                let mut diff = Diff::new(Action::Forget, "no longer in the spec");
+                if entry.created && !entry.owned_paths.is_empty() {
+                    let paths: Vec<String> = entry
+                        .owned_paths
+                        .iter()
+                        .map(|p| p.display().to_string())
+                        .collect();
+                    diff.warnings.push(format!(
+                        "its files are kept; `apply --prune` would delete {}",
+                        paths.join(", ")
+                    ));
+                }
+                changes.push(PlannedChange {
+                    address: address.clone(),
+                    kind: entry.kind.clone(),
+                    diff,
+                    fingerprint: entry.desired_digest.clone(),
+                    depends_on: Vec::new(),
+                });
+            }
+        }
+    }
+    let warnings = loaded
+        .warnings
+        .iter()
+        .map(|w| PlanWarning {
+            code: w.code.clone(),
+            message: w.message.clone(),
+            address: None,
+        })
+        .collect();
+    Plan {
+        format_version: PLAN_FORMAT,
+        plasma_version: env!("CARGO_PKG_VERSION").to_string(),
+        basis: PlanBasis {
+            spec: spec.path.display().to_string(),
+            spec_digest: spec.digest(),
+            state_lineage: state.map(|s| s.lineage.clone()),
+            state_serial: state.map_or(0, |s| s.serial),
+        },
+        summary: Plan::summarise(&changes),
+        changes,
+        errors,
+        warnings,
+    }
+}
+
+/// Where the spec is: `-f PATH`, else `plasma.kdl` here or in a folder above.
+pub fn locate_spec(explicit: Option<&Path>) -> Result<PathBuf, EngineError> {
+    if let Some(p) = explicit {
+        return Ok(p.to_path_buf());
+    }
+    let cwd = std::env::current_dir()
+        .map_err(|e| EngineError::Other(format!("cannot read the current folder: {e}")))?;
+    spec::find(&cwd).ok_or_else(|| {
+        EngineError::Other(format!(
+            "no {} in {} or any folder above it (run `plasma init` to write one, or pass -f PATH)",
+            spec::SPEC_FILE,
+            cwd.display()
+        ))
+    })
+}

@@ -1,0 +1,203 @@
+//! Step 3, lint: domain rules learnt the hard way, checked before anything
+//! runs. Each rule has a code, a severity, an explanation and a fix; a
+//! resource silences one with `allow CODE`.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+use miette::{Severity, SourceSpan};
+use serde_json::Value;
+
+use crate::diagnostic::{Problem, did_you_mean};
+use crate::spec::{Platform, Spec};
+
+/// A lint finding is a problem whose code is the rule's name.
+pub type Lint = Problem;
+
+/// A domain rule.
+pub struct Rule {
+    pub code: &'static str,
+    pub severity: Severity,
+    /// Why the rule exists, for `plasma explain`-style help.
+    pub summary: &'static str,
+}
+
+pub const FP16_ON_MPS: Rule = Rule {
+    code: "fp16-on-mps",
+    severity: Severity::Error,
+    summary: "accelerate's fp16 mixed precision fails on Apple's MPS device \
+              (\"fp16 mixed precision requires a GPU (not 'mps')\")",
+};
+
+pub const CPU_WITH_ACCELERATOR: Rule = Rule {
+    code: "cpu-with-accelerator",
+    severity: Severity::Error,
+    summary: "`use_cpu: true` makes accelerate ignore the machine's GPU; accelerate's own \
+              config writer sets it on a Mac",
+};
+
+pub const PATH_OWNED_TWICE: Rule = Rule {
+    code: "path-owned-twice",
+    severity: Severity::Error,
+    summary: "two resources that own one path fight over it on every apply",
+};
+
+pub const PLATFORM_MISMATCH: Rule = Rule {
+    code: "platform-mismatch",
+    severity: Severity::Warning,
+    summary: "the spec's `platform` says it is for another kind of machine",
+};
+
+/// Every rule, so `allow` can be checked.
+pub const RULES: &[&Rule] = &[
+    &FP16_ON_MPS,
+    &CPU_WITH_ACCELERATOR,
+    &PATH_OWNED_TWICE,
+    &PLATFORM_MISMATCH,
+];
+
+impl Rule {
+    pub fn at(
+        &self,
+        span: SourceSpan,
+        message: impl Into<String>,
+        label: &str,
+        help: &str,
+    ) -> Lint {
+        let mut problem = Problem::error(self.code, message)
+            .label(span, label)
+            .help(help);
+        problem.severity = self.severity;
+        problem
+    }
+}
+
+/// What a kind's lint may consult.
+pub struct LintContext<'a> {
+    pub platform: &'a Platform,
+}
+
+impl LintContext<'_> {
+    pub fn accelerator(&self) -> Option<&str> {
+        self.platform
+            .accelerator
+            .as_ref()
+            .map(|a| a.value.as_str())
+            .filter(|a| *a != "none" && *a != "cpu")
+    }
+}
+
+/// Rules for accelerate's `default_config.yaml`, wherever a file declares one.
+pub fn accelerate_settings(
+    get: impl Fn(&str) -> Option<(Value, SourceSpan)>,
+    cx: &LintContext<'_>,
+) -> Vec<Lint> {
+    let mut lints = Vec::new();
+    let Some(accelerator) = cx.accelerator() else {
+        return lints;
+    };
+    if let Some((value, span)) = get("mixed_precision")
+        && accelerator == "mps"
+        && value.as_str() == Some("fp16")
+    {
+        lints.push(FP16_ON_MPS.at(
+            span,
+            "fp16 mixed precision does not work on MPS",
+            "fp16 here, on a platform with accelerator=mps",
+            "write `mixed_precision \"no\"`: train in fp32 on Apple Silicon",
+        ));
+    }
+    if let Some((value, span)) = get("use_cpu")
+        && value == Value::Bool(true)
+    {
+        lints.push(CPU_WITH_ACCELERATOR.at(
+            span,
+            format!("use_cpu is true on a machine with a {accelerator} accelerator"),
+            "training would run on the CPU",
+            "write `use_cpu #false`",
+        ));
+    }
+    lints
+}
+
+/// Runs every rule over a loaded spec and drops what resources allow.
+/// Unknown `allow` codes are errors themselves.
+pub fn run(spec: &Spec) -> Vec<Problem> {
+    let cx = LintContext {
+        platform: &spec.platform,
+    };
+    let mut problems = Vec::new();
+    let mut owners: HashMap<PathBuf, (String, SourceSpan)> = HashMap::new();
+    for declared in &spec.resources {
+        for allow in &declared.allow {
+            if !RULES.iter().any(|r| r.code == allow.value) {
+                let mut p = Problem::error(
+                    "spec::unknown-lint",
+                    format!("no lint is called `{}`", allow.value),
+                )
+                .label(allow.span, "unknown lint");
+                if let Some(s) = did_you_mean(&allow.value, RULES.iter().map(|r| r.code)) {
+                    p = p.help(format!("did you mean `{s}`?"));
+                }
+                problems.push(p);
+            }
+        }
+        let allowed = |code: &str| declared.allow.iter().any(|a| a.value == code);
+        for lint in declared.resource.lint(&cx) {
+            if !allowed(&lint.code) {
+                problems.push(lint);
+            }
+        }
+        for path in declared.resource.owned_paths() {
+            if let Some((other, first)) = owners.get(&path) {
+                if !allowed(PATH_OWNED_TWICE.code) {
+                    problems.push(
+                        PATH_OWNED_TWICE
+                            .at(
+                                declared.span,
+                                format!(
+                                    "`{}` and `{other}` both own {}",
+                                    declared.address,
+                                    path.display()
+                                ),
+                                "second owner",
+                                "give each resource its own path",
+                            )
+                            .label(*first, "first owner"),
+                    );
+                }
+            } else {
+                owners.insert(path, (declared.address.to_string(), declared.span));
+            }
+        }
+    }
+    problems.extend(platform_mismatch(spec));
+    problems
+        .into_iter()
+        .map(|p| p.with_source(&spec.source))
+        .collect()
+}
+
+/// The spec says what machine it is for; say so when this is not it.
+fn platform_mismatch(spec: &Spec) -> Option<Problem> {
+    let this_os = match std::env::consts::OS {
+        "macos" => "macos",
+        other => other,
+    };
+    let this_arch = std::env::consts::ARCH;
+    let os = spec.platform.os.as_ref();
+    let arch = spec.platform.arch.as_ref();
+    let wrong_os = os.filter(|o| o.value != this_os);
+    let wrong_arch = arch.filter(|a| a.value != this_arch);
+    let span = wrong_os.or(wrong_arch)?.span;
+    Some(PLATFORM_MISMATCH.at(
+        span,
+        format!(
+            "the spec is for {}/{}, this machine is {this_os}/{this_arch}",
+            os.map_or("any", |o| o.value.as_str()),
+            arch.map_or("any", |a| a.value.as_str()),
+        ),
+        "declared platform",
+        "plans made here show what would change on this machine, not on the declared one",
+    ))
+}

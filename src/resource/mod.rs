@@ -1,0 +1,205 @@
+//! The one trait every resource kind implements, and the registry of kinds.
+//!
+//! A kind implements [`Kind`] with its own typed observation; the engine sees
+//! every kind through the object-safe [`Resource`], which the blanket impl
+//! below provides by boxing the observation.
+
+use std::any::Any;
+use std::path::{Path, PathBuf};
+
+use async_trait::async_trait;
+use serde::Serialize;
+use serde_json::{Map, Value};
+
+use crate::lint::{Lint, LintContext};
+use crate::plan::Diff;
+use crate::spec::reader::NodeReader;
+use crate::state::ResourceState;
+
+pub mod file;
+pub mod link;
+pub mod structured;
+
+/// Values a resource publishes into state after apply (commits, digests, results).
+pub type Outputs = Map<String, Value>;
+
+/// An error from observing or applying one resource, worded for the user.
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct ResourceError {
+    pub message: String,
+    /// A line telling the user what to do about it.
+    pub help: Option<String>,
+}
+
+impl ResourceError {
+    pub fn new(message: impl Into<String>) -> Self {
+        ResourceError {
+            message: message.into(),
+            help: None,
+        }
+    }
+
+    pub fn help(mut self, help: impl Into<String>) -> Self {
+        self.help = Some(help.into());
+        self
+    }
+
+    /// An I/O failure on a path, phrased as what plasma was doing.
+    pub fn io(doing: &str, path: &Path, err: std::io::Error) -> Self {
+        ResourceError::new(format!("{doing} {}: {err}", path.display()))
+    }
+}
+
+/// What observation may consult: the previous apply's record and the flags of the run.
+pub struct ObserveContext<'a> {
+    pub prior: Option<&'a ResourceState>,
+    /// `--refresh`: observation may use the network to look for upstream changes.
+    pub refresh: bool,
+    /// `--verify`: re-check content that is otherwise trusted from a cache.
+    pub verify: bool,
+}
+
+/// What apply may use besides the observation.
+pub struct ApplyContext<'a> {
+    pub prior: Option<&'a ResourceState>,
+    /// Where subprocess output goes (`.plasma/logs/`).
+    pub log_dir: &'a Path,
+}
+
+/// A resource kind with a typed observation.
+#[async_trait]
+pub trait Kind: Send + Sync + 'static {
+    /// What observation found; serialised for `show`, plans and fingerprints.
+    type Observed: Serialize + Send + Sync + 'static;
+
+    /// The kind's name as written in `plasma.kdl` (`file`, `repo`, …).
+    const KIND: &'static str;
+
+    /// The desired attributes, recorded in state as what was applied.
+    /// Must never contain a secret.
+    fn desired(&self) -> Value;
+
+    /// Paths this resource owns on the machine.
+    fn owned_paths(&self) -> Vec<PathBuf>;
+
+    /// Reads the live machine. Read-only, and cheap when the machine is converged.
+    async fn observe(&self, cx: &ObserveContext<'_>) -> Result<Self::Observed, ResourceError>;
+
+    /// Desired against observed, attribute by attribute, with a reason.
+    fn diff(&self, observed: &Self::Observed, prior: Option<&ResourceState>) -> Diff;
+
+    /// Makes the machine match. Idempotent; never leaves a half-written result.
+    async fn apply(
+        &self,
+        observed: &Self::Observed,
+        cx: &ApplyContext<'_>,
+    ) -> Result<Outputs, ResourceError>;
+
+    /// Outputs of a converged resource, from its observation.
+    fn outputs(&self, observed: &Self::Observed) -> Outputs;
+
+    /// Domain rules for this resource.
+    fn lint(&self, _cx: &LintContext<'_>) -> Vec<Lint> {
+        Vec::new()
+    }
+}
+
+/// An observation with its type erased, plus what the engine needs of it.
+pub struct Observation {
+    value: Box<dyn Any + Send + Sync>,
+    pub json: Value,
+    /// A digest of the observation: a saved plan is stale when it changes.
+    pub fingerprint: String,
+}
+
+/// The object-safe face of every kind.
+#[async_trait]
+pub trait Resource: Send + Sync {
+    fn kind(&self) -> &'static str;
+    fn desired(&self) -> Value;
+    fn owned_paths(&self) -> Vec<PathBuf>;
+    async fn observe(&self, cx: &ObserveContext<'_>) -> Result<Observation, ResourceError>;
+    fn diff(&self, observed: &Observation, prior: Option<&ResourceState>) -> Diff;
+    async fn apply(
+        &self,
+        observed: &Observation,
+        cx: &ApplyContext<'_>,
+    ) -> Result<Outputs, ResourceError>;
+    fn outputs(&self, observed: &Observation) -> Outputs;
+    fn lint(&self, cx: &LintContext<'_>) -> Vec<Lint>;
+    fn as_any(&self) -> &dyn Any;
+}
+
+#[async_trait]
+impl<K: Kind> Resource for K {
+    fn kind(&self) -> &'static str {
+        K::KIND
+    }
+
+    fn desired(&self) -> Value {
+        Kind::desired(self)
+    }
+
+    fn owned_paths(&self) -> Vec<PathBuf> {
+        Kind::owned_paths(self)
+    }
+
+    async fn observe(&self, cx: &ObserveContext<'_>) -> Result<Observation, ResourceError> {
+        let observed = Kind::observe(self, cx).await?;
+        let json = serde_json::to_value(&observed)
+            .map_err(|e| ResourceError::new(format!("cannot record the observation: {e}")))?;
+        let fingerprint = blake3::hash(json.to_string().as_bytes())
+            .to_hex()
+            .to_string();
+        Ok(Observation {
+            value: Box::new(observed),
+            json,
+            fingerprint,
+        })
+    }
+
+    fn diff(&self, observed: &Observation, prior: Option<&ResourceState>) -> Diff {
+        Kind::diff(self, typed::<K>(observed), prior)
+    }
+
+    async fn apply(
+        &self,
+        observed: &Observation,
+        cx: &ApplyContext<'_>,
+    ) -> Result<Outputs, ResourceError> {
+        Kind::apply(self, typed::<K>(observed), cx).await
+    }
+
+    fn outputs(&self, observed: &Observation) -> Outputs {
+        Kind::outputs(self, typed::<K>(observed))
+    }
+
+    fn lint(&self, cx: &LintContext<'_>) -> Vec<Lint> {
+        Kind::lint(self, cx)
+    }
+
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+}
+
+fn typed<K: Kind>(observation: &Observation) -> &K::Observed {
+    observation
+        .value
+        .downcast_ref::<K::Observed>()
+        .expect("an observation is only ever passed back to the resource that made it")
+}
+
+/// The names of every kind, for "did you mean".
+pub const KINDS: &[&str] = &[file::File::KIND, link::Link::KIND];
+
+/// Parses a resource node of the given kind; `None` when its fields had errors
+/// (already reported through the reader) or the kind is unknown.
+pub fn parse(kind: &str, reader: &NodeReader<'_, '_>) -> Option<Box<dyn Resource>> {
+    match kind {
+        file::File::KIND => file::File::parse(reader).map(|r| Box::new(r) as Box<dyn Resource>),
+        link::Link::KIND => link::Link::parse(reader).map(|r| Box::new(r) as Box<dyn Resource>),
+        _ => None,
+    }
+}

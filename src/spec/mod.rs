@@ -1,0 +1,432 @@
+//! Step 1, load: `plasma.kdl` text to a typed, spanned [`Spec`].
+
+use std::collections::HashMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use kdl::{KdlDocument, KdlNode};
+use miette::{NamedSource, SourceSpan};
+
+use crate::diagnostic::{Problem, Source, SpecErrors, did_you_mean};
+use crate::resource::{self, Resource};
+
+pub mod reader;
+pub mod vars;
+
+use reader::{LoadContext, NodeReader};
+use vars::Vars;
+
+/// The spec's file name, looked for upward from the current folder.
+pub const SPEC_FILE: &str = "plasma.kdl";
+
+/// A value with the place in the spec it came from.
+#[derive(Debug, Clone)]
+pub struct Spanned<T> {
+    pub value: T,
+    pub span: SourceSpan,
+}
+
+impl<T> Spanned<T> {
+    pub fn new(value: T, span: SourceSpan) -> Self {
+        Spanned { value, span }
+    }
+}
+
+/// A resource's address, `kind.name`, as in Terraform.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Address {
+    pub kind: String,
+    pub name: String,
+}
+
+impl Address {
+    pub fn parse(text: &str) -> Option<Address> {
+        let (kind, name) = text.split_once('.')?;
+        (!kind.is_empty() && !name.is_empty()).then(|| Address {
+            kind: kind.to_string(),
+            name: name.to_string(),
+        })
+    }
+}
+
+impl fmt::Display for Address {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}.{}", self.kind, self.name)
+    }
+}
+
+/// A reference from one resource to another, with where it was written.
+#[derive(Debug, Clone)]
+pub struct Reference {
+    pub address: Address,
+    pub span: SourceSpan,
+}
+
+/// What the spec says about the machine it is for.
+#[derive(Debug, Clone, Default)]
+pub struct Platform {
+    pub os: Option<Spanned<String>>,
+    pub arch: Option<Spanned<String>>,
+    pub accelerator: Option<Spanned<String>>,
+    pub memory_gb: Option<Spanned<u64>>,
+}
+
+/// One declared resource.
+pub struct Declared {
+    pub address: Address,
+    /// The node's name (`file`), where problems about the whole resource point.
+    pub span: SourceSpan,
+    /// Explicit `depends-on` and the references its fields make.
+    pub depends_on: Vec<Reference>,
+    /// Lint codes this resource allows.
+    pub allow: Vec<Spanned<String>>,
+    pub resource: Box<dyn Resource>,
+}
+
+/// A loaded spec.
+pub struct Spec {
+    pub path: PathBuf,
+    pub dir: PathBuf,
+    pub text: Arc<String>,
+    pub source: Source,
+    pub platform: Platform,
+    pub platform_span: Option<SourceSpan>,
+    pub vars: Vars,
+    pub resources: Vec<Declared>,
+}
+
+impl Spec {
+    pub fn get(&self, address: &Address) -> Option<&Declared> {
+        self.resources.iter().find(|r| &r.address == address)
+    }
+
+    /// A digest of the spec's text, recorded in saved plans.
+    pub fn digest(&self) -> String {
+        blake3::hash(self.text.as_bytes()).to_hex().to_string()
+    }
+}
+
+/// Finds `plasma.kdl` in `start` or the nearest folder above it.
+pub fn find(start: &Path) -> Option<PathBuf> {
+    start
+        .ancestors()
+        .map(|dir| dir.join(SPEC_FILE))
+        .find(|candidate| candidate.is_file())
+}
+
+/// Reads and loads a spec file.
+pub fn load_file(path: &Path) -> Result<Spec, LoadError> {
+    let text = std::fs::read_to_string(path).map_err(|source| LoadError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let absolute = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+    load(&absolute, text).map_err(LoadError::Spec)
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("cannot read {}: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Spec(SpecErrors),
+}
+
+/// Loads spec text. Every problem in the file is reported together.
+pub fn load(path: &Path, text: String) -> Result<Spec, SpecErrors> {
+    let text = Arc::new(text);
+    let display_name = path.file_name().map_or_else(
+        || path.display().to_string(),
+        |n| n.to_string_lossy().into_owned(),
+    );
+    let source: Source = Arc::new(NamedSource::new(display_name, text.clone()));
+    let dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
+
+    let document = match KdlDocument::parse_v2(&text) {
+        Ok(doc) => doc,
+        Err(err) => {
+            let problems = err
+                .diagnostics
+                .iter()
+                .map(|d| {
+                    let message = d
+                        .message
+                        .clone()
+                        .unwrap_or_else(|| "invalid KDL".to_string());
+                    let mut p = Problem::error("spec::syntax", message)
+                        .label(d.span, d.label.clone().unwrap_or_else(|| "here".into()))
+                        .with_source(&source);
+                    if let Some(help) = &d.help {
+                        p = p.help(help.clone());
+                    }
+                    p
+                })
+                .collect();
+            return Err(SpecErrors { problems });
+        }
+    };
+
+    let mut vars = Vars::default();
+    let mut platform = Platform::default();
+    let mut platform_span = None;
+    let mut resources = Vec::new();
+    {
+        let bootstrap = Vars::default();
+        let cx = LoadContext {
+            vars: &bootstrap,
+            spec_dir: &dir,
+            source_text: &text,
+            problems: Default::default(),
+        };
+        // Vars come first so every resource can use them, wherever they are written.
+        for node in document
+            .nodes()
+            .iter()
+            .filter(|n| n.name().value() == "vars")
+        {
+            load_vars(node, &mut vars, &cx);
+        }
+        let mut problems = cx.problems.into_inner();
+
+        let cx = LoadContext {
+            vars: &vars,
+            spec_dir: &dir,
+            source_text: &text,
+            problems: Default::default(),
+        };
+        let mut seen: HashMap<Address, SourceSpan> = HashMap::new();
+        for node in document.nodes() {
+            match node.name().value() {
+                "vars" => {}
+                "platform" => {
+                    platform_span = Some(node.name().span());
+                    platform = load_platform(node, &cx);
+                }
+                kind => {
+                    if let Some(declared) = load_resource(kind, node, &cx, &mut seen) {
+                        resources.push(declared);
+                    }
+                }
+            }
+        }
+        problems.extend(cx.problems.into_inner());
+        check_references(&resources, &mut problems);
+        if problems.iter().any(Problem::is_error) {
+            let problems = problems
+                .into_iter()
+                .map(|p| p.with_source(&source))
+                .collect();
+            return Err(SpecErrors { problems });
+        }
+    }
+
+    Ok(Spec {
+        path: path.to_path_buf(),
+        dir,
+        text,
+        source,
+        platform,
+        platform_span,
+        vars,
+        resources,
+    })
+}
+
+fn load_vars(node: &KdlNode, vars: &mut Vars, cx: &LoadContext<'_>) {
+    for child in node.children().map(|d| d.nodes()).unwrap_or_default() {
+        let name = child.name().value().to_string();
+        let args: Vec<_> = child
+            .entries()
+            .iter()
+            .filter(|e| e.name().is_none())
+            .collect();
+        let [entry] = args.as_slice() else {
+            cx.report(
+                Problem::error(
+                    "spec::missing-value",
+                    format!("variable `{name}` needs one value"),
+                )
+                .label(child.name().span(), "write `name \"value\"`"),
+            );
+            continue;
+        };
+        let Some(text) = entry.value().as_string() else {
+            cx.report(
+                Problem::error(
+                    "spec::wrong-type",
+                    format!("variable `{name}` must be a string"),
+                )
+                .label(entry.span(), "not a string"),
+            );
+            continue;
+        };
+        // Each variable may use the ones declared before it.
+        match vars.interpolate(text) {
+            Ok(value) => vars.insert(name, value),
+            Err(unknown) => cx.report(
+                Problem::error(
+                    "spec::unknown-variable",
+                    format!("unknown variable `{unknown}`"),
+                )
+                .label(entry.span(), "used before it is defined")
+                .help("a variable may only use variables declared above it"),
+            ),
+        }
+    }
+}
+
+fn load_platform(node: &KdlNode, cx: &LoadContext<'_>) -> Platform {
+    let mut platform = Platform::default();
+    for entry in node.entries() {
+        let Some(key) = entry.name() else {
+            cx.report(
+                Problem::error(
+                    "spec::wrong-type",
+                    "platform takes properties such as os=macos",
+                )
+                .label(entry.span(), "expected key=value"),
+            );
+            continue;
+        };
+        let string = || {
+            entry
+                .value()
+                .as_string()
+                .map(|s| Spanned::new(s.to_string(), entry.span()))
+        };
+        match key.value() {
+            "os" => platform.os = string(),
+            "arch" => platform.arch = string(),
+            "accelerator" => platform.accelerator = string(),
+            "memory-gb" => {
+                platform.memory_gb = entry
+                    .value()
+                    .as_integer()
+                    .and_then(|i| u64::try_from(i).ok())
+                    .map(|v| Spanned::new(v, entry.span()))
+            }
+            other => {
+                let known = ["os", "arch", "accelerator", "memory-gb"];
+                let mut p = Problem::error(
+                    "spec::unknown-property",
+                    format!("unknown property `{other}` on platform"),
+                )
+                .label(key.span(), "not a platform property");
+                if let Some(s) = did_you_mean(other, known) {
+                    p = p.help(format!("did you mean `{s}`?"));
+                }
+                cx.report(p);
+            }
+        }
+    }
+    platform
+}
+
+fn load_resource(
+    kind: &str,
+    node: &KdlNode,
+    cx: &LoadContext<'_>,
+    seen: &mut HashMap<Address, SourceSpan>,
+) -> Option<Declared> {
+    if !resource::KINDS.contains(&kind) {
+        let mut known: Vec<&str> = resource::KINDS.to_vec();
+        known.extend(["vars", "platform"]);
+        let mut p = Problem::error(
+            "spec::unknown-kind",
+            format!("unknown resource kind `{kind}`"),
+        )
+        .label(node.name().span(), "not a kind plasma knows");
+        p = match did_you_mean(kind, known.iter().copied()) {
+            Some(s) => p.help(format!("did you mean `{s}`?")),
+            None => p.help(format!("the kinds are: {}", resource::KINDS.join(", "))),
+        };
+        cx.report(p);
+        return None;
+    }
+
+    let name_entry = node.entries().iter().find(|e| e.name().is_none());
+    let Some(name_entry) = name_entry else {
+        cx.report(
+            Problem::error("spec::missing-name", format!("this {kind} has no name"))
+                .label(node.name().span(), format!("write `{kind} NAME {{ … }}`")),
+        );
+        return None;
+    };
+    let Some(name) = name_entry.value().as_string() else {
+        cx.report(
+            Problem::error(
+                "spec::wrong-type",
+                format!("a {kind}'s name must be a string"),
+            )
+            .label(name_entry.span(), "not a name"),
+        );
+        return None;
+    };
+    let address = Address {
+        kind: kind.to_string(),
+        name: name.to_string(),
+    };
+    if let Some(first) = seen.get(&address) {
+        cx.report(
+            Problem::error(
+                "spec::duplicate-address",
+                format!("`{address}` is declared twice"),
+            )
+            .label(name_entry.span(), "declared again here")
+            .label(*first, "first declared here")
+            .help("give each resource of a kind its own name"),
+        );
+        return None;
+    }
+    seen.insert(address.clone(), name_entry.span());
+
+    let reader = NodeReader::new(node, cx);
+    let depends_on: Vec<Reference> = reader
+        .string_list("depends-on")
+        .iter()
+        .filter_map(|r| reader.parse_reference(r, None))
+        .collect();
+    let allow = reader.string_list("allow");
+    let resource = resource::parse(kind, &reader);
+    let mut references = depends_on;
+    references.extend(reader.references());
+    let failed = reader.failed();
+    reader.finish();
+    let resource = resource.filter(|_| !failed)?;
+    Some(Declared {
+        address,
+        span: node.name().span(),
+        depends_on: references,
+        allow,
+        resource,
+    })
+}
+
+/// Every reference must name a declared resource.
+fn check_references(resources: &[Declared], problems: &mut Vec<Problem>) {
+    let addresses: Vec<String> = resources.iter().map(|r| r.address.to_string()).collect();
+    for declared in resources {
+        for reference in &declared.depends_on {
+            let target = reference.address.to_string();
+            if addresses.contains(&target) {
+                continue;
+            }
+            let mut p = Problem::error(
+                "spec::unknown-reference",
+                format!(
+                    "`{}` refers to `{target}`, which is not declared",
+                    declared.address
+                ),
+            )
+            .label(reference.span, "no such resource");
+            if let Some(s) = did_you_mean(&target, addresses.iter().map(String::as_str)) {
+                p = p.help(format!("did you mean `{s}`?"));
+            }
+            problems.push(p);
+        }
+    }
+}
