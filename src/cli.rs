@@ -347,7 +347,7 @@ fn fmt(env: &Env, check: bool) -> Outcome2 {
     let path = spec_path(env)?;
     let text = std::fs::read_to_string(&path)
         .map_err(|e| Failure::Message(format!("cannot read {}: {e}", path.display())))?;
-    let mut document = kdl::KdlDocument::parse_v2(&text).map_err(|e| {
+    kdl::KdlDocument::parse_v2(&text).map_err(|e| {
         Failure::Spec(
             crate::spec::load(&path, text.clone())
                 .err()
@@ -355,8 +355,7 @@ fn fmt(env: &Env, check: bool) -> Outcome2 {
                 .unwrap_or_else(|| vec![Problem::error("spec::syntax", e.to_string())]),
         )
     })?;
-    document.autoformat();
-    let formatted = document.to_string();
+    let formatted = crate::format::format(&text);
     if formatted == text {
         return Ok(EXIT_OK);
     }

@@ -10,6 +10,7 @@ pub mod diagnostic;
 pub mod download;
 pub mod drift;
 pub mod engine;
+pub mod format;
 pub mod fsutil;
 pub mod git;
 pub mod graph;
