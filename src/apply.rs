@@ -259,6 +259,7 @@ pub async fn run(
         outcomes.push((change.address.clone(), outcome));
     }
 
+    dirty |= record_converged(loaded, plan, observations, state);
     if dirty {
         loaded.state_file.save(state)?;
     }
@@ -266,6 +267,46 @@ pub async fn run(
         outcomes,
         interrupted: INTERRUPTED.load(Ordering::SeqCst),
     })
+}
+
+/// Records resources that already match the spec but are missing from state
+/// or recorded with other desired attributes, so that drift and `--prune`
+/// know them. A resource adopted this way was not created by plasma.
+/// Returns whether the state changed.
+pub fn record_converged(
+    loaded: &Loaded,
+    plan: &Plan,
+    observations: &[Option<Observation>],
+    state: &mut State,
+) -> bool {
+    let mut changed = false;
+    for (declared, observation) in loaded.spec.resources.iter().zip(observations) {
+        let address = declared.address.to_string();
+        let (Some(observation), Some(planned)) = (observation, plan.get(&address)) else {
+            continue;
+        };
+        if planned.diff.action != Action::NoOp {
+            continue;
+        }
+        let desired = declared.resource.desired();
+        let digest = digest_of(&desired);
+        let prior = state.resources.get(&address);
+        if prior.is_some_and(|p| p.desired_digest == digest) {
+            continue;
+        }
+        let entry = ResourceState {
+            kind: declared.address.kind.clone(),
+            desired_digest: digest,
+            desired,
+            outputs: declared.resource.outputs(observation),
+            owned_paths: declared.resource.owned_paths(),
+            created: prior.is_some_and(|p| p.created),
+            applied_at: fsutil::unix_now(),
+        };
+        state.resources.insert(address, entry);
+        changed = true;
+    }
+    changed
 }
 
 /// Apply one resource, then observe it again: it must now match the spec.

@@ -440,16 +440,21 @@ async fn apply(
             "the plan has errors; nothing was changed".into(),
         ));
     }
+    let observations = results
+        .into_iter()
+        .map(|r| r.and_then(Result::ok))
+        .collect::<Vec<_>>();
     if !plan.has_changes() {
+        // Nothing to change, but resources that already match are recorded.
+        let mut state = state.unwrap_or_default();
+        if apply::record_converged(&loaded, &plan, &observations, &mut state) {
+            loaded.state_file.save(&mut state)?;
+        }
         return Ok(EXIT_OK);
     }
     if !yes {
         confirm()?;
     }
-    let observations = results
-        .into_iter()
-        .map(|r| r.and_then(Result::ok))
-        .collect::<Vec<_>>();
     run_apply(env, &loaded, &plan, &observations, state, options).await
 }
 

@@ -155,7 +155,7 @@ impl Kind for File {
         let path = &self.path.value;
         let meta = match std::fs::symlink_metadata(path) {
             Ok(m) => m,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::NotFound | std::io::ErrorKind::NotADirectory) => {
                 return Ok(FileObserved {
                     found: "absent",
                     size: None,
