@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use miette::{Severity, SourceSpan};
 use serde_json::Value;
 
-use crate::diagnostic::{Problem, did_you_mean};
+use crate::diagnostic::Problem;
 use crate::spec::{Platform, Spec};
 
 /// A lint finding is a problem whose code is the rule's name.
@@ -112,7 +112,7 @@ pub fn accelerate_settings(
     {
         lints.push(CPU_WITH_ACCELERATOR.at(
             span,
-            format!("use_cpu is true on a machine with a {accelerator} accelerator"),
+            format!("use_cpu is true on a machine with accelerator={accelerator}"),
             "training would run on the CPU",
             "write `use_cpu #false`",
         ));
@@ -127,21 +127,9 @@ pub fn run(spec: &Spec) -> Vec<Problem> {
         platform: &spec.platform,
     };
     let mut problems = Vec::new();
-    let mut owners: HashMap<PathBuf, (String, SourceSpan)> = HashMap::new();
+    // Each path's first owner, and whether that owner allows sharing it.
+    let mut owners: HashMap<PathBuf, (String, SourceSpan, bool)> = HashMap::new();
     for declared in &spec.resources {
-        for allow in &declared.allow {
-            if !RULES.iter().any(|r| r.code == allow.value) {
-                let mut p = Problem::error(
-                    "spec::unknown-lint",
-                    format!("no lint is called `{}`", allow.value),
-                )
-                .label(allow.span, "unknown lint");
-                if let Some(s) = did_you_mean(&allow.value, RULES.iter().map(|r| r.code)) {
-                    p = p.help(format!("did you mean `{s}`?"));
-                }
-                problems.push(p);
-            }
-        }
         let allowed = |code: &str| declared.allow.iter().any(|a| a.value == code);
         for lint in declared.resource.lint(&cx) {
             if !allowed(&lint.code) {
@@ -149,8 +137,8 @@ pub fn run(spec: &Spec) -> Vec<Problem> {
             }
         }
         for path in declared.resource.owned_paths() {
-            if let Some((other, first)) = owners.get(&path) {
-                if !allowed(PATH_OWNED_TWICE.code) {
+            if let Some((other, first, first_allows)) = owners.get(&path) {
+                if !allowed(PATH_OWNED_TWICE.code) && !first_allows {
                     problems.push(
                         PATH_OWNED_TWICE
                             .at(
@@ -167,7 +155,8 @@ pub fn run(spec: &Spec) -> Vec<Problem> {
                     );
                 }
             } else {
-                owners.insert(path, (declared.address.to_string(), declared.span));
+                let allows = allowed(PATH_OWNED_TWICE.code);
+                owners.insert(path, (declared.address.to_string(), declared.span, allows));
             }
         }
     }

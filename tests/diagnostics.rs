@@ -36,12 +36,14 @@ link models {
     path "{tools}/models"
     depends-on file.acelerate
 }
-
-file mode {
-    path "/tmp/x"
-    content #true
-}
 "#,
+    );
+    // A typo, an unknown variable, a repeated address, a missing field and
+    // an unknown reference.
+    assert_eq!(run.stderr.matches("\n  × ").count(), 5, "{}", run.stderr);
+    assert!(
+        run.stderr
+            .ends_with("Error: the spec has 5 problems (nothing was changed)\n")
     );
     insta::assert_snapshot!(run.stderr);
 }
@@ -55,8 +57,8 @@ fiel notes {
 }
 file notes {
     path "/tmp/notes" extra=1
-    content "x"
     mode "rw-r--r--"
+    content #true
     allow fp16-on-mpss
 }
 file
@@ -97,8 +99,18 @@ link outside {
 }
 "#,
     );
-    assert_eq!(run.stderr.matches("graph::cycle").count(), 1, "{}", run.stderr);
-    assert!(run.stderr.contains("dependency cycle between link.a, link.b, link.c\n"), "{}", run.stderr);
+    assert_eq!(
+        run.stderr.matches("graph::cycle").count(),
+        1,
+        "{}",
+        run.stderr
+    );
+    assert!(
+        run.stderr
+            .contains("dependency cycle between link.a, link.b, link.c\n"),
+        "{}",
+        run.stderr
+    );
     insta::assert_snapshot!(run.stderr);
 }
 

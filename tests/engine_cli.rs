@@ -47,9 +47,22 @@ fn plan_apply_converge_drift_and_restore() {
     let plan = sb.run(&["plan", "--detailed-exitcode"]);
     plan.code(2);
     assert!(plan.stdout.contains("+ create"), "{}", plan.stdout);
-    assert!(plan.stdout.contains("# file.accelerate will be created"), "{}", plan.stdout);
-    assert!(plan.stdout.contains("+mixed_precision: 'no'"), "{}", plan.stdout);
-    assert!(plan.stdout.contains("Plan: 3 to create, 0 to change, 0 to replace."), "{}", plan.stdout);
+    assert!(
+        plan.stdout.contains("# file.accelerate will be created"),
+        "{}",
+        plan.stdout
+    );
+    assert!(
+        plan.stdout.contains("+mixed_precision: 'no'"),
+        "{}",
+        plan.stdout
+    );
+    assert!(
+        plan.stdout
+            .contains("Plan: 3 to create, 0 to change, 0 to replace."),
+        "{}",
+        plan.stdout
+    );
     assert!(!sb.path("out").exists(), "plan must not touch the machine");
 
     sb.run(&["apply", "--yes"]).code(0);
@@ -59,7 +72,10 @@ fn plan_apply_converge_drift_and_restore() {
     );
     assert_eq!(sb.read("out/notes.txt"), "hello\n");
     use std::os::unix::fs::PermissionsExt;
-    let mode = std::fs::metadata(sb.path("out/notes.txt")).unwrap().permissions().mode();
+    let mode = std::fs::metadata(sb.path("out/notes.txt"))
+        .unwrap()
+        .permissions()
+        .mode();
     assert_eq!(mode & 0o777, 0o600);
     assert_eq!(
         std::fs::read_link(sb.path("out/current.yaml")).unwrap(),
@@ -68,7 +84,11 @@ fn plan_apply_converge_drift_and_restore() {
 
     let again = sb.run(&["plan", "--detailed-exitcode"]);
     again.code(0);
-    assert!(again.stdout.contains("No changes. The machine matches plasma.kdl."));
+    assert!(
+        again
+            .stdout
+            .contains("No changes. The machine matches plasma.kdl.")
+    );
     sb.run(&["drift"]).code(0);
 
     // A hand edit is drift, shown as a diff, and apply puts it back.
@@ -85,13 +105,27 @@ fn plan_apply_converge_drift_and_restore() {
     let plan = sb.run(&["plan", "--detailed-exitcode"]);
     plan.code(2);
     assert!(plan.stdout.contains("~ update in place"), "{}", plan.stdout);
-    assert!(plan.stdout.contains("-mixed_precision: fp16"), "{}", plan.stdout);
-    assert!(plan.stdout.contains("+mixed_precision: 'no'"), "{}", plan.stdout);
-    assert!(plan.stdout.contains("Plan: 0 to create, 1 to change, 0 to replace."));
+    assert!(
+        plan.stdout.contains("-mixed_precision: fp16"),
+        "{}",
+        plan.stdout
+    );
+    assert!(
+        plan.stdout.contains("+mixed_precision: 'no'"),
+        "{}",
+        plan.stdout
+    );
+    assert!(
+        plan.stdout
+            .contains("Plan: 0 to create, 1 to change, 0 to replace.")
+    );
 
     sb.run(&["apply", "--yes"]).code(0);
     sb.run(&["drift"]).code(0);
-    assert!(sb.read("out/conf/default_config.yaml").contains("mixed_precision: 'no'"));
+    assert!(
+        sb.read("out/conf/default_config.yaml")
+            .contains("mixed_precision: 'no'")
+    );
 }
 
 #[test]
@@ -100,12 +134,25 @@ fn a_second_apply_changes_nothing() {
     sb.spec(&spec_text());
     sb.run(&["apply", "--yes"]).code(0);
     let serial = sb.state()["serial"].as_u64().unwrap();
-    let mtime = std::fs::metadata(sb.path("out/notes.txt")).unwrap().modified().unwrap();
+    let mtime = std::fs::metadata(sb.path("out/notes.txt"))
+        .unwrap()
+        .modified()
+        .unwrap();
     let second = sb.run(&["apply", "--yes"]);
     second.code(0);
     assert!(second.stdout.contains("No changes."));
-    assert_eq!(sb.state()["serial"].as_u64().unwrap(), serial, "state is not rewritten");
-    assert_eq!(std::fs::metadata(sb.path("out/notes.txt")).unwrap().modified().unwrap(), mtime);
+    assert_eq!(
+        sb.state()["serial"].as_u64().unwrap(),
+        serial,
+        "state is not rewritten"
+    );
+    assert_eq!(
+        std::fs::metadata(sb.path("out/notes.txt"))
+            .unwrap()
+            .modified()
+            .unwrap(),
+        mtime
+    );
 }
 
 #[test]
@@ -114,9 +161,17 @@ fn mode_change_is_an_update_of_that_attribute() {
     sb.spec(&spec_text());
     sb.run(&["apply", "--yes"]).code(0);
     use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(sb.path("out/notes.txt"), std::fs::Permissions::from_mode(0o644)).unwrap();
+    std::fs::set_permissions(
+        sb.path("out/notes.txt"),
+        std::fs::Permissions::from_mode(0o644),
+    )
+    .unwrap();
     let plan = sb.run(&["plan"]);
-    assert!(plan.stdout.contains("~ mode: 0644 -> 0600"), "{}", plan.stdout);
+    assert!(
+        plan.stdout.contains("~ mode: 0644 -> 0600"),
+        "{}",
+        plan.stdout
+    );
     assert!(plan.stdout.contains("(mode differs)"), "{}", plan.stdout);
 }
 
@@ -126,7 +181,12 @@ fn apply_off_a_terminal_needs_yes() {
     sb.spec(&spec_text());
     let run = sb.run(&["apply"]);
     run.code(1);
-    assert!(run.stderr.contains("apply needs --yes when it is not run from a terminal"), "{}", run.stderr);
+    assert!(
+        run.stderr
+            .contains("apply needs --yes when it is not run from a terminal"),
+        "{}",
+        run.stderr
+    );
     assert!(!sb.path("out").exists());
 }
 
@@ -154,9 +214,22 @@ file independent {
     );
     let run = sb.run(&["apply", "--yes"]);
     run.code(1);
-    assert!(run.stdout.contains("file.broken: failed: cannot write"), "{}", run.stdout);
-    assert!(run.stdout.contains("link.after-broken: skipped (file.broken failed)"), "{}", run.stdout);
-    assert!(run.stdout.contains("1 applied, 1 failed, 1 skipped."), "{}", run.stdout);
+    assert!(
+        run.stdout.contains("file.broken: failed: cannot write"),
+        "{}",
+        run.stdout
+    );
+    assert!(
+        run.stdout
+            .contains("link.after-broken: skipped (file.broken failed)"),
+        "{}",
+        run.stdout
+    );
+    assert!(
+        run.stdout.contains("1 applied, 1 failed, 1 skipped."),
+        "{}",
+        run.stdout
+    );
     assert_eq!(sb.read("independent.txt"), "fine");
     assert!(!sb.path("after.txt").exists());
     let state = sb.state();
@@ -168,13 +241,20 @@ file independent {
 fn target_applies_only_the_target_and_its_dependencies() {
     let sb = Sandbox::new();
     sb.spec(&spec_text());
-    sb.run(&["apply", "--yes", "--target", "link.current"]).code(0);
+    sb.run(&["apply", "--yes", "--target", "link.current"])
+        .code(0);
     assert!(sb.path("out/current.yaml").exists());
     assert!(sb.path("out/conf/default_config.yaml").exists());
     assert!(!sb.path("out/notes.txt").exists());
     let wrong = sb.run(&["apply", "--yes", "--target", "link.curent"]);
     wrong.code(1);
-    assert!(wrong.stderr.contains("no resource `link.curent` in the spec (did you mean `link.current`?)"), "{}", wrong.stderr);
+    assert!(
+        wrong
+            .stderr
+            .contains("no resource `link.curent` in the spec (did you mean `link.current`?)"),
+        "{}",
+        wrong.stderr
+    );
 }
 
 #[test]
@@ -190,9 +270,21 @@ fn removed_resources_are_forgotten_and_pruned_only_when_asked() {
     sb.spec(&without_notes);
     let plan = sb.run(&["plan", "--detailed-exitcode"]);
     plan.code(2);
-    assert!(plan.stdout.contains("# file.notes will be forgotten (no longer in the spec)"), "{}", plan.stdout);
-    assert!(plan.stdout.contains("Plan: 0 to create, 0 to change, 0 to replace, 1 to forget."));
-    assert!(sb.run(&["drift"]).stdout.contains("file.notes: removed from the spec"));
+    assert!(
+        plan.stdout
+            .contains("# file.notes will be forgotten (no longer in the spec)"),
+        "{}",
+        plan.stdout
+    );
+    assert!(
+        plan.stdout
+            .contains("Plan: 0 to create, 0 to change, 0 to replace, 1 to forget.")
+    );
+    assert!(
+        sb.run(&["drift"])
+            .stdout
+            .contains("file.notes: removed from the spec")
+    );
 
     // Without --prune the file stays.
     sb.run(&["apply", "--yes"]).code(0);
@@ -229,30 +321,56 @@ fn the_spec_is_found_upward_and_f_overrides() {
     let sb = Sandbox::new();
     sb.spec(&spec_text());
     std::fs::create_dir_all(sb.path("a/b")).unwrap();
-    let out = sb.command(&["validate"]).current_dir(sb.path("a/b")).output().unwrap();
+    let out = sb
+        .command(&["validate"])
+        .current_dir(sb.path("a/b"))
+        .output()
+        .unwrap();
     assert!(out.status.success());
-    assert_eq!(String::from_utf8_lossy(&out.stdout), "The spec is valid: 3 resources.\n");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "The spec is valid: 3 resources.\n"
+    );
 
     let elsewhere = tempfile::tempdir().unwrap();
-    let out = sb.command(&["plan"]).current_dir(elsewhere.path()).output().unwrap();
+    let out = sb
+        .command(&["plan"])
+        .current_dir(elsewhere.path())
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("no plasma.kdl in"));
 
-    let other = sb.write("other/spec.kdl", "file x {\n    path \"x.txt\"\n    content \"x\"\n}\n");
+    let other = sb.write(
+        "other/spec.kdl",
+        "file x {\n    path \"x.txt\"\n    content \"x\"\n}\n",
+    );
     let run = sb.run(&["plan", "-f", other.to_str().unwrap()]);
     run.code(0);
     // Relative paths resolve against the spec's folder, not the current one.
-    assert!(run.stdout.contains(&format!("+ path: {}", sb.path("other/x.txt").display())), "{}", run.stdout);
+    assert!(
+        run.stdout
+            .contains(&format!("+ path: {}", sb.path("other/x.txt").display())),
+        "{}",
+        run.stdout
+    );
 }
 
 #[test]
 fn state_can_live_elsewhere() {
     let sb = Sandbox::new();
     sb.spec(&spec_text());
-    sb.run(&["apply", "--yes", "--state", "custom/state.json"]).code(0);
+    sb.run(&["apply", "--yes", "--state", "custom/state.json"])
+        .code(0);
     assert!(sb.path("custom/state.json").exists());
     assert!(!sb.path(".plasma/state.json").exists());
-    sb.run(&["plan", "--detailed-exitcode", "--state", "custom/state.json"]).code(0);
+    sb.run(&[
+        "plan",
+        "--detailed-exitcode",
+        "--state",
+        "custom/state.json",
+    ])
+    .code(0);
 }
 
 #[test]
@@ -272,12 +390,22 @@ fn show_graph_and_state_commands() {
     assert!(show.stdout.contains("last applied: "), "{}", show.stdout);
     let missing = sb.run(&["show", "file.note"]);
     missing.code(1);
-    assert!(missing.stderr.contains("did you mean `file.notes`?"), "{}", missing.stderr);
+    assert!(
+        missing.stderr.contains("did you mean `file.notes`?"),
+        "{}",
+        missing.stderr
+    );
 
     let graph = sb.run(&["graph"]);
     graph.code(0);
     assert!(graph.stdout.starts_with("digraph plasma {"));
-    assert!(graph.stdout.contains("\"file.accelerate\" -> \"link.current\";"), "{}", graph.stdout);
+    assert!(
+        graph
+            .stdout
+            .contains("\"file.accelerate\" -> \"link.current\";"),
+        "{}",
+        graph.stdout
+    );
 
     let list = sb.run(&["state", "list"]);
     assert_eq!(list.stdout.lines().count(), 3, "{}", list.stdout);
@@ -300,7 +428,11 @@ fn init_writes_a_starter_that_validates_and_is_formatted() {
     sb.run(&["fmt", "--check"]).code(0);
     let again = sb.run(&["init"]);
     again.code(1);
-    assert!(again.stderr.contains("plasma.kdl already exists (use --force to overwrite it)"));
+    assert!(
+        again
+            .stderr
+            .contains("plasma.kdl already exists (use --force to overwrite it)")
+    );
 }
 
 #[test]
@@ -311,7 +443,10 @@ fn fmt_reindents_and_check_reports() {
     check.code(1);
     assert!(check.stdout.contains("is not formatted"));
     sb.run(&["fmt"]).code(0);
-    assert_eq!(sb.read("plasma.kdl"), "file x {\n    path \"x.txt\"   // where\n\n    content \"x\"\n}\n");
+    assert_eq!(
+        sb.read("plasma.kdl"),
+        "file x {\n    path \"x.txt\"   // where\n\n    content \"x\"\n}\n"
+    );
     sb.run(&["fmt", "--check"]).code(0);
 }
 
@@ -322,12 +457,22 @@ fn a_directory_where_a_file_belongs_is_a_plan_error() {
     sb.spec("file x {\n    path \"taken\"\n    content \"x\"\n}\n");
     let plan = sb.run(&["plan"]);
     plan.code(1);
-    assert!(plan.stdout.contains("is a directory; plasma will not replace a directory with a file"), "{}", plan.stdout);
+    assert!(
+        plan.stdout
+            .contains("is a directory; plasma will not replace a directory with a file"),
+        "{}",
+        plan.stdout
+    );
     let link_spec = "link l {\n    path \"taken\"\n    target \"elsewhere\"\n}\n";
     sb.spec(link_spec);
     let plan = sb.run(&["plan"]);
     plan.code(1);
-    assert!(plan.stdout.contains("is a directory, not a symlink; plasma will not replace it"), "{}", plan.stdout);
+    assert!(
+        plan.stdout
+            .contains("is a directory, not a symlink; plasma will not replace it"),
+        "{}",
+        plan.stdout
+    );
 }
 
 #[test]
@@ -339,7 +484,11 @@ fn a_link_pointing_elsewhere_is_updated() {
     sb.spec("link l {\n    path \"l\"\n    target \"b\"\n}\n");
     let plan = sb.run(&["plan"]);
     assert!(
-        plan.stdout.contains(&format!("~ target: {} -> {}", sb.path("a").display(), sb.path("b").display())),
+        plan.stdout.contains(&format!(
+            "~ target: {} -> {}",
+            sb.path("a").display(),
+            sb.path("b").display()
+        )),
         "{}",
         plan.stdout
     );
@@ -351,7 +500,9 @@ fn a_link_pointing_elsewhere_is_updated() {
 fn pyyaml_reads_the_accelerate_config_as_written() {
     // accelerate reads its config with PyYAML (YAML 1.1). Skip only where
     // PyYAML is missing; CI installs it.
-    let probe = std::process::Command::new("python3").args(["-c", "import yaml"]).status();
+    let probe = std::process::Command::new("python3")
+        .args(["-c", "import yaml"])
+        .status();
     if !probe.is_ok_and(|s| s.success()) {
         eprintln!("PyYAML is not installed; skipping");
         return;

@@ -52,6 +52,7 @@ impl File {
     pub fn parse(r: &NodeReader<'_, '_>) -> Option<Self> {
         let path = r.path("path");
         let mode = parse_mode(r);
+        let literal_written = !r.all("content").is_empty();
         let literal = r.opt_string("content");
         let mut bodies: Vec<(SourceSpan, Option<Structured>)> = Vec::new();
         for format in [Format::Yaml, Format::Json, Format::Toml] {
@@ -59,7 +60,8 @@ impl File {
                 bodies.push((node.name().span(), Structured::parse(format, node, r)));
             }
         }
-        let given = bodies.len() + usize::from(literal.is_some());
+        // Count what was written, even where it failed to parse (already reported).
+        let given = bodies.len() + usize::from(literal_written);
         if given != 1 {
             let mut p = Problem::error(
                 "spec::file-content",
@@ -73,7 +75,7 @@ impl File {
             .help(
                 "give exactly one of `content \"…\"`, `yaml { … }`, `json { … }` or `toml { … }`",
             );
-            for (span, _) in bodies.iter().skip(usize::from(literal.is_none())) {
+            for (span, _) in bodies.iter().skip(usize::from(!literal_written)) {
                 p = p.label(*span, "another content");
             }
             r.fail(p);
@@ -155,7 +157,12 @@ impl Kind for File {
         let path = &self.path.value;
         let meta = match std::fs::symlink_metadata(path) {
             Ok(m) => m,
-            Err(e) if matches!(e.kind(), std::io::ErrorKind::NotFound | std::io::ErrorKind::NotADirectory) => {
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::NotFound | std::io::ErrorKind::NotADirectory
+                ) =>
+            {
                 return Ok(FileObserved {
                     found: "absent",
                     size: None,

@@ -173,7 +173,7 @@ pub fn load(path: &Path, text: String) -> Result<Spec, SpecErrors> {
     let mut vars = Vars::default();
     let mut platform = Platform::default();
     let mut platform_span = None;
-    let mut resources = Vec::new();
+    let resources;
     {
         let bootstrap = Vars::default();
         let cx = LoadContext {
@@ -199,6 +199,7 @@ pub fn load(path: &Path, text: String) -> Result<Spec, SpecErrors> {
             problems: Default::default(),
         };
         let mut seen: HashMap<Address, SourceSpan> = HashMap::new();
+        let mut loading = Vec::new();
         for node in document.nodes() {
             match node.name().value() {
                 "vars" => {}
@@ -206,15 +207,11 @@ pub fn load(path: &Path, text: String) -> Result<Spec, SpecErrors> {
                     platform_span = Some(node.name().span());
                     platform = load_platform(node, &cx);
                 }
-                kind => {
-                    if let Some(declared) = load_resource(kind, node, &cx, &mut seen) {
-                        resources.push(declared);
-                    }
-                }
+                kind => loading.extend(load_resource(kind, node, &cx, &mut seen)),
             }
         }
         problems.extend(cx.problems.into_inner());
-        check_references(&resources, &mut problems);
+        check_references(&loading, &mut problems);
         if problems.iter().any(Problem::is_error) {
             let problems = problems
                 .into_iter()
@@ -222,6 +219,18 @@ pub fn load(path: &Path, text: String) -> Result<Spec, SpecErrors> {
                 .collect();
             return Err(SpecErrors { problems });
         }
+        resources = loading
+            .into_iter()
+            .filter_map(|l| {
+                Some(Declared {
+                    resource: l.resource?,
+                    address: l.address,
+                    span: l.span,
+                    depends_on: l.depends_on,
+                    allow: l.allow,
+                })
+            })
+            .collect();
     }
 
     Ok(Spec {
@@ -331,7 +340,7 @@ fn load_resource(
     node: &KdlNode,
     cx: &LoadContext<'_>,
     seen: &mut HashMap<Address, SourceSpan>,
-) -> Option<Declared> {
+) -> Option<Loading> {
     if !resource::KINDS.contains(&kind) {
         let mut known: Vec<&str> = resource::KINDS.to_vec();
         known.extend(["vars", "platform"]);
@@ -370,19 +379,26 @@ fn load_resource(
         kind: kind.to_string(),
         name: name.to_string(),
     };
-    if let Some(first) = seen.get(&address) {
-        cx.report(
-            Problem::error(
-                "spec::duplicate-address",
-                format!("`{address}` is declared twice"),
-            )
-            .label(name_entry.span(), "declared again here")
-            .label(*first, "first declared here")
-            .help("give each resource of a kind its own name"),
-        );
-        return None;
-    }
-    seen.insert(address.clone(), name_entry.span());
+    // A repeated address is reported, and its body is still read so that
+    // its own mistakes show up in the same run.
+    let duplicate = match seen.get(&address) {
+        Some(first) => {
+            cx.report(
+                Problem::error(
+                    "spec::duplicate-address",
+                    format!("`{address}` is declared twice"),
+                )
+                .label(name_entry.span(), "declared again here")
+                .label(*first, "first declared here")
+                .help("give each resource of a kind its own name"),
+            );
+            true
+        }
+        None => {
+            seen.insert(address.clone(), name_entry.span());
+            false
+        }
+    };
 
     let reader = NodeReader::new(node, cx);
     let depends_on: Vec<Reference> = reader
@@ -394,20 +410,52 @@ fn load_resource(
     let resource = resource::parse(kind, &reader);
     let mut references = depends_on;
     references.extend(reader.references());
-    let failed = reader.failed();
+    for code in &allow {
+        check_allow(code, cx);
+    }
+    let failed = reader.failed() || duplicate;
     reader.finish();
-    let resource = resource.filter(|_| !failed)?;
-    Some(Declared {
+    Some(Loading {
         address,
         span: node.name().span(),
         depends_on: references,
         allow,
-        resource,
+        resource: resource.filter(|_| !failed),
     })
 }
 
+/// A resource as read, before it is known whether the whole spec loads.
+/// Kept even when its fields had errors, so its references are still checked.
+struct Loading {
+    address: Address,
+    span: SourceSpan,
+    depends_on: Vec<Reference>,
+    allow: Vec<Spanned<String>>,
+    resource: Option<Box<dyn Resource>>,
+}
+
+fn check_allow(code: &Spanned<String>, cx: &LoadContext<'_>) {
+    let codes = crate::lint::RULES.iter().map(|r| r.code);
+    if codes.clone().any(|c| c == code.value) {
+        return;
+    }
+    let mut p = Problem::error(
+        "spec::unknown-lint",
+        format!("no lint is called `{}`", code.value),
+    )
+    .label(code.span, "unknown lint");
+    p = match did_you_mean(&code.value, codes.clone()) {
+        Some(s) => p.help(format!("did you mean `{s}`?")),
+        None => p.help(format!(
+            "the lints are: {}",
+            codes.collect::<Vec<_>>().join(", ")
+        )),
+    };
+    cx.report(p);
+}
+
 /// Every reference must name a declared resource.
-fn check_references(resources: &[Declared], problems: &mut Vec<Problem>) {
+fn check_references(resources: &[Loading], problems: &mut Vec<Problem>) {
     let addresses: Vec<String> = resources.iter().map(|r| r.address.to_string()).collect();
     for declared in resources {
         for reference in &declared.depends_on {

@@ -98,6 +98,9 @@ pub struct NodeReader<'a, 'c> {
     failed: RefCell<bool>,
     /// References to other resources met in the fields, for the graph.
     references: RefCell<Vec<Reference>>,
+    /// Required fields that were missing, reported at `finish` unless a
+    /// misspelt field explains them.
+    missing: RefCell<Vec<(&'static str, Problem)>>,
 }
 
 impl<'a, 'c> NodeReader<'a, 'c> {
@@ -111,6 +114,7 @@ impl<'a, 'c> NodeReader<'a, 'c> {
             known_props: RefCell::default(),
             failed: RefCell::new(false),
             references: RefCell::default(),
+            missing: RefCell::default(),
         }
     }
 
@@ -202,18 +206,18 @@ impl<'a, 'c> NodeReader<'a, 'c> {
     fn require(&self, name: &'static str, what: &str) -> Option<&'a KdlNode> {
         let child = self.child(name);
         if child.is_none() {
-            self.fail(
-                Problem::error(
-                    "spec::missing-field",
-                    format!(
-                        "{} `{}` is missing `{name}`",
-                        self.node.name().value(),
-                        self.resource_name().unwrap_or_default()
-                    ),
-                )
-                .label(self.name_span(), format!("this needs `{name}`"))
-                .help(format!("add `{name} {what}` inside the block")),
-            );
+            *self.failed.borrow_mut() = true;
+            let problem = Problem::error(
+                "spec::missing-field",
+                format!(
+                    "{} `{}` is missing `{name}`",
+                    self.node.name().value(),
+                    self.resource_name().unwrap_or_default()
+                ),
+            )
+            .label(self.name_span(), format!("this needs `{name}`"))
+            .help(format!("add `{name} {what}` inside the block"));
+            self.missing.borrow_mut().push((name, problem));
         }
         child
     }
@@ -450,6 +454,7 @@ impl<'a, 'c> NodeReader<'a, 'c> {
     pub fn finish(self) {
         let known_children = self.known_children.borrow();
         let used = self.used_children.borrow();
+        let mut missing = self.missing.take();
         for (i, child) in self.children() {
             if used.contains(&i) {
                 check_props(
@@ -467,13 +472,26 @@ impl<'a, 'c> NodeReader<'a, 'c> {
             )
             .label(child.name().span(), "not a field of this kind");
             problem = match did_you_mean(name, known_children.iter().copied()) {
-                Some(s) => problem.help(format!("did you mean `{s}`?")),
+                Some(s) => {
+                    // The misspelling explains the missing field: one problem, not two.
+                    let before = missing.len();
+                    missing.retain(|(m, _)| *m != s);
+                    let required = if missing.len() < before {
+                        ", which is required"
+                    } else {
+                        ""
+                    };
+                    problem.help(format!("did you mean `{s}`{required}?"))
+                }
                 None => problem.help(format!(
                     "the fields of {} are: {}",
                     self.node.name().value(),
                     known_children.join(", ")
                 )),
             };
+            self.cx.report(problem);
+        }
+        for (_, problem) in missing {
             self.cx.report(problem);
         }
     }
