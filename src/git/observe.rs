@@ -278,7 +278,15 @@ impl GitDirs {
                 };
                 work_tree.join(target)
             }
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            // Absent, or `work_tree` is itself a file.
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::NotFound | io::ErrorKind::NotADirectory
+                ) =>
+            {
+                return Ok(None);
+            }
             Err(e) => return Err(e),
         };
         let common_dir = match fs::read_to_string(git_dir.join("commondir")) {
