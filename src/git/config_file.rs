@@ -55,15 +55,15 @@ impl ConfigFile {
                     None => parser.skip_line(),
                 },
                 Some(_) => {
-                    if let Some((key, value)) = parser.key_value() {
-                        if !section.is_empty() {
-                            entries.push(Entry {
-                                section: section.clone(),
-                                subsection: subsection.clone(),
-                                key,
-                                value,
-                            });
-                        }
+                    if let Some((key, value)) = parser.key_value()
+                        && !section.is_empty()
+                    {
+                        entries.push(Entry {
+                            section: section.clone(),
+                            subsection: subsection.clone(),
+                            key,
+                            value,
+                        });
                     }
                 }
             }
@@ -100,12 +100,11 @@ impl ConfigFile {
     pub fn subsections(&self, section: &str) -> Vec<&str> {
         let mut seen: Vec<&str> = Vec::new();
         for entry in &self.entries {
-            if entry.section.eq_ignore_ascii_case(section) {
-                if let Some(sub) = entry.subsection.as_deref() {
-                    if !seen.contains(&sub) {
-                        seen.push(sub);
-                    }
-                }
+            if entry.section.eq_ignore_ascii_case(section)
+                && let Some(sub) = entry.subsection.as_deref()
+                && !seen.contains(&sub)
+            {
+                seen.push(sub);
             }
         }
         seen

@@ -61,10 +61,10 @@ pub(crate) fn secrets_in(url: &str) -> Vec<String> {
         .map(|s| {
             let mut all = vec![s.to_string()];
             // The password half alone may also be quoted by a tool.
-            if let Some((_, password)) = s.split_once(':') {
-                if !password.is_empty() {
-                    all.push(password.to_string());
-                }
+            if let Some((_, password)) = s.split_once(':')
+                && !password.is_empty()
+            {
+                all.push(password.to_string());
             }
             all
         })

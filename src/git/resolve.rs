@@ -97,14 +97,14 @@ impl Git {
                 }
             }
         }
-        if looks_like_commit(rev) {
-            if let Some(commit) = self.commit_of(path, rev)? {
-                return Ok(Resolved {
-                    rev: rev.to_string(),
-                    kind: RevKind::Commit,
-                    commit,
-                });
-            }
+        if looks_like_commit(rev)
+            && let Some(commit) = self.commit_of(path, rev)?
+        {
+            return Ok(Resolved {
+                rev: rev.to_string(),
+                kind: RevKind::Commit,
+                commit,
+            });
         }
         let tags: Vec<&str> = refs
             .iter()
