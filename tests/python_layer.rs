@@ -25,7 +25,9 @@ fn python3() -> Interpreter {
 fn new_venv(installer: &Installer) -> (tempfile::TempDir, PathBuf) {
     let dir = tempfile::tempdir().unwrap();
     let venv = dir.path().join("venv");
-    installer.create_venv(&python3(), &venv).expect("create venv");
+    installer
+        .create_venv(&python3(), &venv)
+        .expect("create venv");
     (dir, venv)
 }
 
@@ -42,19 +44,28 @@ fn flavour(venv: &Path, module: &str) -> String {
         .args(["-c", &format!("import {module}; print({module}.FLAVOUR)")])
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8(out.stdout).unwrap().trim().to_string()
 }
 
 fn spec_with_index(index: &PyIndex) -> PackageSpec {
-    PackageSpec { index: Some(IndexUrl::new(index.url())), ..PackageSpec::default() }
+    PackageSpec {
+        index: Some(IndexUrl::new(index.url())),
+        ..PackageSpec::default()
+    }
 }
 
 fn uv_or_skip(test: &str) -> Option<Installer> {
     match Installer::detect(InstallerChoice::Uv) {
         Ok(uv) => Some(uv),
         Err(_) => {
-            eprintln!("note: {test} skipped: uv is not on PATH (CI installs it with `pip install uv`)");
+            eprintln!(
+                "note: {test} skipped: uv is not on PATH (CI installs it with `pip install uv`)"
+            );
             None
         }
     }
@@ -97,7 +108,10 @@ fn interpreter_found_in_pyenv_versions_folder() {
     std::os::unix::fs::symlink(&real.path, bin.join("python3")).unwrap();
     let empty_path = dir.path().join("empty");
     std::fs::create_dir(&empty_path).unwrap();
-    let search = InterpreterSearch { path_dirs: vec![empty_path], pyenv_root: Some(dir.path().join("pyenv")) };
+    let search = InterpreterSearch {
+        path_dirs: vec![empty_path],
+        pyenv_root: Some(dir.path().join("pyenv")),
+    };
 
     let found = search.find("3.11").unwrap();
     assert_eq!(found.path, bin.join("python3"));
@@ -111,23 +125,48 @@ fn missing_interpreter_error_lists_every_place_looked() {
     let path_dir = dir.path().join("bin");
     std::fs::create_dir(&path_dir).unwrap();
     let fake = path_dir.join("python3");
-    std::fs::write(&fake, format!("#!/bin/sh\necho {}\necho 3.8.10\n", fake.display())).unwrap();
+    std::fs::write(
+        &fake,
+        format!("#!/bin/sh\necho {}\necho 3.8.10\n", fake.display()),
+    )
+    .unwrap();
     std::fs::set_permissions(&fake, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
     // A pyenv folder with another version.
     let pyenv_python = dir.path().join("pyenv/versions/3.10.1/bin/python3");
     std::fs::create_dir_all(pyenv_python.parent().unwrap()).unwrap();
     std::fs::copy(&fake, &pyenv_python).unwrap();
-    let search = InterpreterSearch { path_dirs: vec![path_dir], pyenv_root: Some(dir.path().join("pyenv")) };
+    let search = InterpreterSearch {
+        path_dirs: vec![path_dir],
+        pyenv_root: Some(dir.path().join("pyenv")),
+    };
 
     let message = search.find("3.99").unwrap_err().to_string();
-    assert!(message.starts_with("no Python interpreter matching \"3.99\" was found; looked in:"), "{message}");
-    assert!(message.contains("python3.99 on PATH: not found"), "{message}");
-    assert!(message.contains(&format!("python3 on PATH: {} is Python 3.8.10", fake.display())), "{message}");
+    assert!(
+        message.starts_with("no Python interpreter matching \"3.99\" was found; looked in:"),
+        "{message}"
+    );
+    assert!(
+        message.contains("python3.99 on PATH: not found"),
+        "{message}"
+    );
+    assert!(
+        message.contains(&format!(
+            "python3 on PATH: {} is Python 3.8.10",
+            fake.display()
+        )),
+        "{message}"
+    );
     assert!(message.contains("pyenv/versions: has 3.10.1"), "{message}");
-    assert!(message.contains("`uv python find`: uv is not on PATH"), "{message}");
+    assert!(
+        message.contains("`uv python find`: uv is not on PATH"),
+        "{message}"
+    );
 
     let missing_file = search.find("/no/such/python3").unwrap_err().to_string();
-    assert!(missing_file.contains("/no/such/python3: no such file"), "{missing_file}");
+    assert!(
+        missing_file.contains("/no/such/python3: no such file"),
+        "{missing_file}"
+    );
 }
 
 // ------------------------------------------------------ venvs and observation
@@ -136,23 +175,46 @@ fn missing_interpreter_error_lists_every_place_looked() {
 fn observes_a_real_venv_after_pip_installs() {
     let index = PyIndex::standard();
     let (_dir, venv) = new_venv(&Installer::Pip);
-    let spec = PackageSpec { pins: vec![Pin::new("Helper", "1.0"), Pin::new("torchlike", "2.5.1")], ..spec_with_index(&index) };
+    let spec = PackageSpec {
+        pins: vec![Pin::new("Helper", "1.0"), Pin::new("torchlike", "2.5.1")],
+        ..spec_with_index(&index)
+    };
     Installer::Pip.install_pins(&venv, &spec).unwrap();
 
-    let VenvObservation::Present(observed) = observe_venv(&venv).unwrap() else { panic!("venv expected") };
+    let VenvObservation::Present(observed) = observe_venv(&venv).unwrap() else {
+        panic!("venv expected")
+    };
     assert_eq!(observed.python_version, Some(python3().version));
     assert!(observed.home.is_some());
-    assert_eq!(observed.packages.get("helper").map(String::as_str), Some("1.0"));
-    assert_eq!(observed.packages.get("torchlike").map(String::as_str), Some("2.5.1"));
-    assert!(observed.packages.contains_key("pip"), "{:?}", observed.packages);
+    assert_eq!(
+        observed.packages.get("helper").map(String::as_str),
+        Some("1.0")
+    );
+    assert_eq!(
+        observed.packages.get("torchlike").map(String::as_str),
+        Some("2.5.1")
+    );
+    assert!(
+        observed.packages.contains_key("pip"),
+        "{:?}",
+        observed.packages
+    );
     assert!(observed.damaged.is_empty());
 
     // Observation agrees with pip's own view of the venv.
-    let freeze = Command::new(venv_python(&venv)).args(["-m", "pip", "list", "--format=json"]).output().unwrap();
+    let freeze = Command::new(venv_python(&venv))
+        .args(["-m", "pip", "list", "--format=json"])
+        .output()
+        .unwrap();
     let listed: Vec<serde_json::Value> = serde_json::from_slice(&freeze.stdout).unwrap();
     let from_pip: BTreeMap<String, String> = listed
         .iter()
-        .map(|p| (normalize_name(p["name"].as_str().unwrap()), p["version"].as_str().unwrap().to_string()))
+        .map(|p| {
+            (
+                normalize_name(p["name"].as_str().unwrap()),
+                p["version"].as_str().unwrap().to_string(),
+            )
+        })
         .collect();
     assert_eq!(observed.packages, from_pip);
 }
@@ -164,14 +226,23 @@ fn a_venv_does_not_survive_renaming_so_it_is_created_in_place() {
     let built_at = dir.path().join("venv.tmp");
     Installer::Pip.create_venv(&python3(), &built_at).unwrap();
     let activate = std::fs::read_to_string(built_at.join("bin/activate")).unwrap();
-    assert!(activate.contains(built_at.to_str().unwrap()), "activate should embed its absolute path");
+    assert!(
+        activate.contains(built_at.to_str().unwrap()),
+        "activate should embed its absolute path"
+    );
     let pip_script = std::fs::read_to_string(built_at.join("bin/pip")).unwrap();
-    assert!(pip_script.starts_with(&format!("#!{}", built_at.display())), "{pip_script}");
+    assert!(
+        pip_script.starts_with(&format!("#!{}", built_at.display())),
+        "{pip_script}"
+    );
 
     let renamed = dir.path().join("venv");
     std::fs::rename(&built_at, &renamed).unwrap();
     // Its `#!` names the old path: either the kernel cannot start it, or it runs and fails.
-    let runs = Command::new(renamed.join("bin/pip")).arg("--version").output().is_ok_and(|o| o.status.success());
+    let runs = Command::new(renamed.join("bin/pip"))
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
     assert!(!runs, "pip's script should point at the old path and fail");
 }
 
@@ -182,13 +253,26 @@ fn creating_over_a_venv_that_cannot_be_replaced_restores_it() {
     std::fs::create_dir(&venv).unwrap();
     std::fs::write(venv.join("pyvenv.cfg"), "version = 3.11.7\n").unwrap();
     std::fs::write(venv.join("marker"), "old").unwrap();
-    let broken = Interpreter { path: dir.path().join("no-such-python"), version: python3().version };
+    let broken = Interpreter {
+        path: dir.path().join("no-such-python"),
+        version: python3().version,
+    };
 
-    let message = Installer::Pip.create_venv(&broken, &venv).unwrap_err().to_string();
+    let message = Installer::Pip
+        .create_venv(&broken, &venv)
+        .unwrap_err()
+        .to_string();
     assert!(message.contains("could not start"), "{message}");
     assert_eq!(std::fs::read_to_string(venv.join("marker")).unwrap(), "old");
-    let leftovers: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
-    assert_eq!(leftovers, ["venv"], "nothing half-made or set aside may remain");
+    let leftovers: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(
+        leftovers,
+        ["venv"],
+        "nothing half-made or set aside may remain"
+    );
 }
 
 #[test]
@@ -197,11 +281,21 @@ fn creating_a_fresh_venv_that_fails_leaves_nothing() {
     let venv = dir.path().join("venv");
     // A "python" that makes a partial folder and then fails.
     let fake = dir.path().join("python-fails");
-    std::fs::write(&fake, "#!/bin/sh\nmkdir -p \"$3/lib\"\necho 'Error: no ensurepip' >&2\nexit 1\n").unwrap();
+    std::fs::write(
+        &fake,
+        "#!/bin/sh\nmkdir -p \"$3/lib\"\necho 'Error: no ensurepip' >&2\nexit 1\n",
+    )
+    .unwrap();
     std::fs::set_permissions(&fake, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
-    let interpreter = Interpreter { path: fake, version: python3().version };
+    let interpreter = Interpreter {
+        path: fake,
+        version: python3().version,
+    };
 
-    let message = Installer::Pip.create_venv(&interpreter, &venv).unwrap_err().to_string();
+    let message = Installer::Pip
+        .create_venv(&interpreter, &venv)
+        .unwrap_err()
+        .to_string();
     assert!(message.contains("failed (exit status: 1)"), "{message}");
     assert!(message.contains("Error: no ensurepip"), "{message}");
     assert_eq!(observe_venv(&venv).unwrap(), VenvObservation::Missing);
@@ -211,16 +305,27 @@ fn creating_a_fresh_venv_that_fails_leaves_nothing() {
 fn something_that_is_not_a_venv_is_never_replaced() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("notes.txt"), "precious").unwrap();
-    let message = Installer::Pip.create_venv(&python3(), dir.path()).unwrap_err().to_string();
+    let message = Installer::Pip
+        .create_venv(&python3(), dir.path())
+        .unwrap_err()
+        .to_string();
     assert!(message.contains("is not a Python venv"), "{message}");
-    assert_eq!(std::fs::read_to_string(dir.path().join("notes.txt")).unwrap(), "precious");
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("notes.txt")).unwrap(),
+        "precious"
+    );
 }
 
 // ------------------------------------------------------------- installing
 
 fn pins_come_from_their_own_index(installer: Installer) {
     let main = PyIndex::standard();
-    let cpu = PyIndex::serve(&[pyfix::Wheel::new("torchlike", "2.5.1").flavour("cpu-index"), pyfix::Wheel::new("visionlike", "0.20.1").requires("torchlike==2.5.1").flavour("cpu-index")]);
+    let cpu = PyIndex::serve(&[
+        pyfix::Wheel::new("torchlike", "2.5.1").flavour("cpu-index"),
+        pyfix::Wheel::new("visionlike", "0.20.1")
+            .requires("torchlike==2.5.1")
+            .flavour("cpu-index"),
+    ]);
     let (_dir, venv) = new_venv(&installer);
     let cpu_index = IndexUrl::new(cpu.url());
     let spec = PackageSpec {
@@ -242,11 +347,22 @@ fn pins_come_from_their_own_index(installer: Installer) {
     assert_eq!(flavour(&venv, "helper"), "default");
     // One run per index group, own-index group first.
     assert_eq!(log.commands.len(), 2, "{:?}", log.commands);
-    assert!(log.commands[0].ends_with("torchlike==2.5.1 visionlike==0.20.1"), "{:?}", log.commands);
-    assert!(log.commands[1].ends_with("helper==1.1"), "{:?}", log.commands);
+    assert!(
+        log.commands[0].ends_with("torchlike==2.5.1 visionlike==0.20.1"),
+        "{:?}",
+        log.commands
+    );
+    assert!(
+        log.commands[1].ends_with("helper==1.1"),
+        "{:?}",
+        log.commands
+    );
 
     // A pin changed by hand is restored by installing the pins again.
-    let moved = PackageSpec { pins: vec![Pin::new("torchlike", "2.6.0")], ..spec_with_index(&main) };
+    let moved = PackageSpec {
+        pins: vec![Pin::new("torchlike", "2.6.0")],
+        ..spec_with_index(&main)
+    };
     installer.install_pins(&venv, &moved).unwrap();
     assert_eq!(packages(&venv)["torchlike"], "2.6.0");
     installer.install_pins(&venv, &spec).unwrap();
@@ -274,11 +390,19 @@ fn uv_pins_come_from_their_own_index() {
 fn requirements_cannot_move_a_pin(installer: Installer) {
     let index = PyIndex::standard();
     let (dir, venv) = new_venv(&installer);
-    let spec = PackageSpec { pins: vec![Pin::new("torchlike", "2.5.1")], ..spec_with_index(&index) };
+    let spec = PackageSpec {
+        pins: vec![Pin::new("torchlike", "2.5.1")],
+        ..spec_with_index(&index)
+    };
     installer.install_pins(&venv, &spec).unwrap();
 
-    let requirements = write_requirements(dir.path(), "torchlike>=2.6  # the custom node wants new torch\nhelper\n");
-    let log = installer.install_requirements(&venv, &spec, std::slice::from_ref(&requirements)).unwrap();
+    let requirements = write_requirements(
+        dir.path(),
+        "torchlike>=2.6  # the custom node wants new torch\nhelper\n",
+    );
+    let log = installer
+        .install_requirements(&venv, &spec, std::slice::from_ref(&requirements))
+        .unwrap();
     let installed = packages(&venv);
     assert_eq!(installed["torchlike"], "2.5.1");
     assert_eq!(installed["helper"], "1.1");
@@ -289,9 +413,15 @@ fn requirements_cannot_move_a_pin(installer: Installer) {
 
     let transitive = write_requirements(dir.path(), "newnode\n");
     let before = packages(&venv);
-    let message = installer.install_requirements(&venv, &spec, &[transitive]).unwrap_err().to_string();
+    let message = installer
+        .install_requirements(&venv, &spec, &[transitive])
+        .unwrap_err()
+        .to_string();
     assert!(message.contains("failed"), "{message}");
-    assert!(message.contains("torchlike"), "the conflict must be named: {message}");
+    assert!(
+        message.contains("torchlike"),
+        "the conflict must be named: {message}"
+    );
     assert_eq!(packages(&venv), before);
 }
 
@@ -319,22 +449,45 @@ fn forbidden_package_pulled_in_fails_and_changes_nothing(installer: Installer) {
     let before = packages(&venv);
 
     let requirements = write_requirements(dir.path(), "helper==1.0\nfancy-node\n");
-    let err = installer.install_requirements(&venv, &spec, std::slice::from_ref(&requirements)).unwrap_err();
+    let err = installer
+        .install_requirements(&venv, &spec, std::slice::from_ref(&requirements))
+        .unwrap_err();
     let message = err.to_string();
     assert!(matches!(err, PyError::ForbiddenPackage { .. }), "{err:?}");
     assert!(
-        message.contains(&format!("refusing to install: requirements {} would install forbidden package xformerslike 0.1", requirements.display())),
+        message.contains(&format!(
+            "refusing to install: requirements {} would install forbidden package xformerslike 0.1",
+            requirements.display()
+        )),
         "{message}"
     );
-    assert!(message.contains("pulled in by fancy-node 2.0 (requested) -> needs-xformers 1.0 -> xformerslike 0.1"), "{message}");
+    assert!(
+        message.contains(
+            "pulled in by fancy-node 2.0 (requested) -> needs-xformers 1.0 -> xformerslike 0.1"
+        ),
+        "{message}"
+    );
     assert!(message.contains("nothing was installed"), "{message}");
     assert_eq!(packages(&venv), before, "the venv must be as it was");
 
     // The same for a pin that pulls it.
-    let pinned = PackageSpec { pins: vec![Pin::new("needs-xformers", "1.0")], ..spec.clone() };
-    let message = installer.install_pins(&venv, &pinned).unwrap_err().to_string();
-    assert!(message.contains("pin needs-xformers==1.0 would install forbidden package xformerslike 0.1"), "{message}");
-    assert!(message.contains("pulled in by needs-xformers 1.0 (requested) -> xformerslike 0.1"), "{message}");
+    let pinned = PackageSpec {
+        pins: vec![Pin::new("needs-xformers", "1.0")],
+        ..spec.clone()
+    };
+    let message = installer
+        .install_pins(&venv, &pinned)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        message
+            .contains("pin needs-xformers==1.0 would install forbidden package xformerslike 0.1"),
+        "{message}"
+    );
+    assert!(
+        message.contains("pulled in by needs-xformers 1.0 (requested) -> xformerslike 0.1"),
+        "{message}"
+    );
     assert_eq!(packages(&venv), before);
 }
 
@@ -354,11 +507,16 @@ fn uninstall_removes_packages(installer: Installer) {
     let index = PyIndex::standard();
     let (_dir, venv) = new_venv(&installer);
     // Installed "by hand", as a forbidden package would be.
-    let spec = PackageSpec { pins: vec![Pin::new("xformerslike", "0.1"), Pin::new("helper", "1.0")], ..spec_with_index(&index) };
+    let spec = PackageSpec {
+        pins: vec![Pin::new("xformerslike", "0.1"), Pin::new("helper", "1.0")],
+        ..spec_with_index(&index)
+    };
     installer.install_pins(&venv, &spec).unwrap();
     assert!(packages(&venv).contains_key("xformerslike"));
 
-    installer.uninstall(&venv, &["XFormersLike".into()]).unwrap();
+    installer
+        .uninstall(&venv, &["XFormersLike".into()])
+        .unwrap();
     let installed = packages(&venv);
     assert!(!installed.contains_key("xformerslike"), "{installed:?}");
     assert_eq!(installed["helper"], "1.0");
@@ -400,7 +558,11 @@ fn credentials_never_reach_errors_or_logs(installer: Installer) {
     let with_credentials = IndexUrl::new(index.url_with_credentials("alice", secret));
 
     // Success: the log has the commands and output, without the token.
-    let spec = PackageSpec { pins: vec![Pin::new("helper", "1.0")], index: Some(with_credentials.clone()), ..PackageSpec::default() };
+    let spec = PackageSpec {
+        pins: vec![Pin::new("helper", "1.0")],
+        index: Some(with_credentials.clone()),
+        ..PackageSpec::default()
+    };
     let log = installer.install_pins(&venv, &spec).unwrap();
     assert_eq!(packages(&venv)["helper"], "1.0");
     let log_text = format!("{log:?}");
@@ -408,14 +570,21 @@ fn credentials_never_reach_errors_or_logs(installer: Installer) {
 
     // Failure: a pin that does not exist on that index, own index and extra index both credentialed.
     let spec = PackageSpec {
-        pins: vec![Pin::new("helper", "9.9").with_index(with_credentials.clone()).with_extra_index(with_credentials)],
+        pins: vec![
+            Pin::new("helper", "9.9")
+                .with_index(with_credentials.clone())
+                .with_extra_index(with_credentials),
+        ],
         forbid: vec!["xformerslike".into()],
         ..PackageSpec::default()
     };
     let err = installer.install_pins(&venv, &spec).unwrap_err();
     let (message, debug) = (err.to_string(), format!("{err:?}"));
     assert!(message.contains("helper"), "{message}");
-    assert!(!message.contains(secret) && !debug.contains(secret), "{message}\n{debug}");
+    assert!(
+        !message.contains(secret) && !debug.contains(secret),
+        "{message}\n{debug}"
+    );
     assert!(!format!("{spec:?}").contains(secret));
 }
 
@@ -433,9 +602,17 @@ fn uv_credentials_never_reach_errors_or_logs() {
 
 #[test]
 fn uv_creates_venvs_that_pip_layer_can_observe() {
-    let Some(uv) = uv_or_skip("uv_creates_venvs_that_pip_layer_can_observe") else { return };
+    let Some(uv) = uv_or_skip("uv_creates_venvs_that_pip_layer_can_observe") else {
+        return;
+    };
     let (_dir, venv) = new_venv(&uv);
-    let VenvObservation::Present(observed) = observe_venv(&venv).unwrap() else { panic!("venv expected") };
+    let VenvObservation::Present(observed) = observe_venv(&venv).unwrap() else {
+        panic!("venv expected")
+    };
     assert_eq!(observed.python_version, Some(python3().version));
-    assert!(observed.packages.is_empty(), "uv venvs start empty: {:?}", observed.packages);
+    assert!(
+        observed.packages.is_empty(),
+        "uv venvs start empty: {:?}",
+        observed.packages
+    );
 }

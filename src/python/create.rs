@@ -24,12 +24,17 @@ impl Installer {
     /// `<interpreter> -m venv` for pip (which gives the venv its own pip).
     /// An existing venv at `path` is replaced; anything else at `path` is
     /// refused ([`PyError::NotAVenv`]). On failure, `path` is as it was.
-    pub fn create_venv(&self, interpreter: &Interpreter, path: &Path) -> Result<InstallLog, PyError> {
+    pub fn create_venv(
+        &self,
+        interpreter: &Interpreter,
+        path: &Path,
+    ) -> Result<InstallLog, PyError> {
         let set_aside = match observe_venv(path)? {
             VenvObservation::Missing => None,
             VenvObservation::Present(_) => {
                 let aside = sibling(path, "plasma-replaced");
-                std::fs::rename(path, &aside).map_err(|e| PyError::io("move aside the old venv", path, e))?;
+                std::fs::rename(path, &aside)
+                    .map_err(|e| PyError::io("move aside the old venv", path, e))?;
                 Some(aside)
             }
         };
@@ -49,7 +54,8 @@ impl Installer {
             Err(error) => {
                 let _ = std::fs::remove_dir_all(path);
                 if let Some(old) = set_aside {
-                    std::fs::rename(&old, path).map_err(|e| PyError::io("restore the old venv from", &old, e))?;
+                    std::fs::rename(&old, path)
+                        .map_err(|e| PyError::io("restore the old venv from", &old, e))?;
                 }
                 Err(error)
             }
@@ -79,7 +85,10 @@ impl Installer {
             return Err(PyError::CommandFailed {
                 command: done.command,
                 status: "exit status: 0".into(),
-                output_tail: format!("it did not leave a venv at {} (no pyvenv.cfg or bin/python)", path.display()),
+                output_tail: format!(
+                    "it did not leave a venv at {} (no pyvenv.cfg or bin/python)",
+                    path.display()
+                ),
             });
         }
         Ok(log)
@@ -88,6 +97,9 @@ impl Installer {
 
 /// `.<name>.<tag>-<pid>` next to `path`, hidden and unique to this process.
 fn sibling(path: &Path, tag: &str) -> PathBuf {
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     path.with_file_name(format!(".{name}.{tag}-{}", std::process::id()))
 }

@@ -30,7 +30,9 @@ pub enum PyError {
         source: std::io::Error,
     },
 
-    #[error("installer `uv` was requested but is not on PATH; install it (`pip install uv`) or set `installer` to `pip` or `auto`")]
+    #[error(
+        "installer `uv` was requested but is not on PATH; install it (`pip install uv`) or set `installer` to `pip` or `auto`"
+    )]
     UvNotFound,
 
     #[error("could not start `{command}`: {detail}")]
@@ -64,7 +66,11 @@ pub enum PyError {
 }
 
 impl PyError {
-    pub(crate) fn io(action: &'static str, path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+    pub(crate) fn io(
+        action: &'static str,
+        path: impl Into<PathBuf>,
+        source: std::io::Error,
+    ) -> Self {
         PyError::Io {
             action,
             path: path.into(),

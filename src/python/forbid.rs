@@ -43,7 +43,9 @@ struct PipMetadata {
 /// Parses pip's installation report (`pip install --dry-run --report`),
 /// which lists exactly the distributions pip would install.
 pub(crate) fn from_pip_report(json: &str) -> Result<Vec<Resolved>, PyError> {
-    let report: PipReport = serde_json::from_str(json).map_err(|e| PyError::BadReport { detail: e.to_string() })?;
+    let report: PipReport = serde_json::from_str(json).map_err(|e| PyError::BadReport {
+        detail: e.to_string(),
+    })?;
     let mut resolved: Vec<Resolved> = report
         .install
         .iter()
@@ -81,9 +83,17 @@ pub(crate) fn from_uv_dry_run(output: &str) -> Vec<(String, String)> {
 pub(crate) fn from_uv_compile(compiled: &str, would_install: &[(String, String)]) -> Vec<Resolved> {
     let mut vias: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for line in compiled.lines() {
-        let Some((requirement, via)) = line.split_once("# via") else { continue };
+        let Some((requirement, via)) = line.split_once("# via") else {
+            continue;
+        };
         let name = normalize_name(leading_name(requirement.trim()));
-        vias.insert(name, via.split(',').map(|v| v.trim().to_string()).filter(|v| !v.is_empty()).collect());
+        vias.insert(
+            name,
+            via.split(',')
+                .map(|v| v.trim().to_string())
+                .filter(|v| !v.is_empty())
+                .collect(),
+        );
     }
     let mut resolved: Vec<Resolved> = would_install
         .iter()
@@ -93,7 +103,11 @@ pub(crate) fn from_uv_compile(compiled: &str, would_install: &[(String, String)]
                 name: name.clone(),
                 version: version.clone(),
                 requested: via.iter().any(|v| v.starts_with("-r")),
-                required_by: via.iter().filter(|v| !v.starts_with('-')).map(|v| normalize_name(v)).collect(),
+                required_by: via
+                    .iter()
+                    .filter(|v| !v.starts_with('-'))
+                    .map(|v| normalize_name(v))
+                    .collect(),
             }
         })
         .collect();
@@ -105,7 +119,11 @@ pub(crate) fn from_uv_compile(compiled: &str, would_install: &[(String, String)]
                 name: name.clone(),
                 version: String::new(),
                 requested: via.iter().any(|v| v.starts_with("-r")),
-                required_by: via.iter().filter(|v| !v.starts_with('-')).map(|v| normalize_name(v)).collect(),
+                required_by: via
+                    .iter()
+                    .filter(|v| !v.starts_with('-'))
+                    .map(|v| normalize_name(v))
+                    .collect(),
             });
         }
     }
@@ -123,14 +141,25 @@ pub(crate) struct Found {
 
 pub(crate) fn find_forbidden(resolution: &[Resolved], forbidden: &[String]) -> Option<Found> {
     let target = resolution.iter().find(|r| forbidden.contains(&r.name))?;
-    Some(Found { package: target.name.clone(), version: target.version.clone(), chain: chain_to(resolution, target) })
+    Some(Found {
+        package: target.name.clone(),
+        version: target.version.clone(),
+        chain: chain_to(resolution, target),
+    })
 }
 
 /// Breadth-first from the forbidden package up its `required_by` edges to
 /// the nearest requested package; the chain is then read top-down.
 fn chain_to(resolution: &[Resolved], target: &Resolved) -> String {
-    let by_name: BTreeMap<&str, &Resolved> = resolution.iter().map(|r| (r.name.as_str(), r)).collect();
-    let label = |r: &Resolved| if r.version.is_empty() { r.name.clone() } else { format!("{} {}", r.name, r.version) };
+    let by_name: BTreeMap<&str, &Resolved> =
+        resolution.iter().map(|r| (r.name.as_str(), r)).collect();
+    let label = |r: &Resolved| {
+        if r.version.is_empty() {
+            r.name.clone()
+        } else {
+            format!("{} {}", r.name, r.version)
+        }
+    };
     if target.requested {
         return format!("a direct request for {}", label(target));
     }
@@ -140,7 +169,9 @@ fn chain_to(resolution: &[Resolved], target: &Resolved) -> String {
     while let Some(path) = queue.pop_front() {
         let last = path[path.len() - 1];
         for parent in &last.required_by {
-            let Some(&parent) = by_name.get(parent.as_str()) else { continue };
+            let Some(&parent) = by_name.get(parent.as_str()) else {
+                continue;
+            };
             if seen.contains(&parent.name.as_str()) {
                 continue;
             }
@@ -158,7 +189,10 @@ fn chain_to(resolution: &[Resolved], target: &Resolved) -> String {
         }
     }
     let names: Vec<String> = longest_unrequested.iter().rev().map(|r| label(r)).collect();
-    format!("{} (required by a package already in the venv)", names.join(" -> "))
+    format!(
+        "{} (required by a package already in the venv)",
+        names.join(" -> ")
+    )
 }
 
 /// `xformers` in `xformers (>=0.1) ; extra == "x"` or `xformers[a]>=0.1`.
@@ -185,7 +219,10 @@ mod tests {
         let resolution = from_pip_report(REPORT).unwrap();
         let found = find_forbidden(&resolution, &["xformerslike".into()]).unwrap();
         assert_eq!(found.version, "0.1");
-        assert_eq!(found.chain, "needs-xformers 1.0 (requested) -> middle 2.0 -> xformerslike 0.1");
+        assert_eq!(
+            found.chain,
+            "needs-xformers 1.0 (requested) -> middle 2.0 -> xformerslike 0.1"
+        );
         assert_eq!(find_forbidden(&resolution, &["triton".into()]), None);
         let direct = find_forbidden(&resolution, &["helper".into()]).unwrap();
         assert_eq!(direct.chain, "a direct request for helper 1.0");
@@ -194,17 +231,29 @@ mod tests {
     #[test]
     fn garbage_report_is_an_error() {
         let message = from_pip_report("not json").unwrap_err().to_string();
-        assert!(message.contains("could not understand the installer's dry-run report"), "{message}");
+        assert!(
+            message.contains("could not understand the installer's dry-run report"),
+            "{message}"
+        );
     }
 
     #[test]
     fn reads_uv_dry_run_and_compile_annotations() {
         let dry_run = "Resolved 3 packages in 4ms\nWould install 2 packages\n + needs-xformers==1.0\n + xformerslike==0.1\n";
         let would_install = from_uv_dry_run(dry_run);
-        assert_eq!(would_install, [("needs-xformers".to_string(), "1.0".to_string()), ("xformerslike".to_string(), "0.1".to_string())]);
+        assert_eq!(
+            would_install,
+            [
+                ("needs-xformers".to_string(), "1.0".to_string()),
+                ("xformerslike".to_string(), "0.1".to_string())
+            ]
+        );
         let compiled = "needs-xformers==1.0    # via -r /tmp/x/compile-input.txt\nxformerslike==0.1    # via needs-xformers\n";
         let resolution = from_uv_compile(compiled, &would_install);
         let found = find_forbidden(&resolution, &["xformerslike".into()]).unwrap();
-        assert_eq!(found.chain, "needs-xformers 1.0 (requested) -> xformerslike 0.1");
+        assert_eq!(
+            found.chain,
+            "needs-xformers 1.0 (requested) -> xformerslike 0.1"
+        );
     }
 }

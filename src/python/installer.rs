@@ -59,7 +59,12 @@ pub struct Pin {
 
 impl Pin {
     pub fn new(name: impl Into<String>, version: impl Into<String>) -> Pin {
-        Pin { name: name.into(), version: version.into(), index: None, extra_index: None }
+        Pin {
+            name: name.into(),
+            version: version.into(),
+            index: None,
+            extra_index: None,
+        }
     }
     pub fn with_index(mut self, index: IndexUrl) -> Pin {
         self.index = Some(index);
@@ -90,10 +95,17 @@ pub struct PackageSpec {
 
 impl PackageSpec {
     fn pinned_versions(&self) -> BTreeMap<String, String> {
-        self.pins.iter().map(|p| (normalize_name(&p.name), p.version.clone())).collect()
+        self.pins
+            .iter()
+            .map(|p| (normalize_name(&p.name), p.version.clone()))
+            .collect()
     }
     fn scrubber(&self) -> Scrubber {
-        let urls = self.pins.iter().flat_map(|p| [&p.index, &p.extra_index]).flatten();
+        let urls = self
+            .pins
+            .iter()
+            .flat_map(|p| [&p.index, &p.extra_index])
+            .flatten();
         let urls = urls.chain(&self.index).chain(&self.find_links);
         Scrubber::for_urls(urls.map(IndexUrl::expose))
     }
@@ -153,7 +165,10 @@ impl Installer {
     }
 
     /// Chooses the installer: `auto` is uv when `uv` is on `search`'s PATH, else pip.
-    pub fn choose(choice: InstallerChoice, search: &InterpreterSearch) -> Result<Installer, PyError> {
+    pub fn choose(
+        choice: InstallerChoice,
+        search: &InterpreterSearch,
+    ) -> Result<Installer, PyError> {
         let uv = search.which("uv");
         match (choice, uv) {
             (InstallerChoice::Pip, _) | (InstallerChoice::Auto, None) => Ok(Installer::Pip),
@@ -183,26 +198,39 @@ impl Installer {
         let constraints = work.write_constraints(spec)?;
         let mut log = InstallLog::default();
 
-        let mut groups: Vec<((Option<&IndexUrl>, Option<&IndexUrl>), Vec<&Pin>)> = Vec::new();
-        for pin in &spec.pins {
-            let key = (pin.index.as_ref(), pin.extra_index.as_ref());
-            match groups.iter_mut().find(|(k, _)| *k == key) {
-                Some((_, pins)) => pins.push(pin),
-                None => groups.push((key, vec![pin])),
-            }
-        }
-        groups.sort_by_key(|((index, _), _)| index.is_none()); // stable: own-index groups first
-
-        for ((index, extra_index), pins) in groups {
+        for group in index_groups(&spec.pins) {
+            let IndexGroup {
+                index,
+                extra_index,
+                pins,
+            } = group;
             let sources = Sources {
                 index: index.or(spec.index.as_ref()),
                 extra_indexes: extra_index.into_iter().collect(),
                 // A pin's own index is the whole story for that pin.
-                find_links: if index.is_some() { Vec::new() } else { spec.find_links.iter().collect() },
+                find_links: if index.is_some() {
+                    Vec::new()
+                } else {
+                    spec.find_links.iter().collect()
+                },
             };
             let requirements: Vec<String> = pins.iter().map(|p| p.requirement()).collect();
-            let what = format!("pin{} {}", if pins.len() > 1 { "s" } else { "" }, requirements.join(", "));
-            self.check_forbidden(venv, spec, &sources, &constraints, &requirements, &what, &work, &scrubber, &mut log)?;
+            let what = format!(
+                "pin{} {}",
+                if pins.len() > 1 { "s" } else { "" },
+                requirements.join(", ")
+            );
+            self.check_forbidden(
+                venv,
+                spec,
+                &sources,
+                &constraints,
+                &requirements,
+                &what,
+                &work,
+                &scrubber,
+                &mut log,
+            )?;
             let mut cmd = self.install_command(venv, &sources, &constraints, &requirements);
             let done = run(&mut cmd, &scrubber)?;
             log.record(done.command, &done.output);
@@ -216,12 +244,21 @@ impl Installer {
     /// a package that *depends* on a different version of a pinned package
     /// fails with the installer's conflict message. The forbidden check
     /// runs first: if it fails, nothing has been installed.
-    pub fn install_requirements(&self, venv: &Path, spec: &PackageSpec, files: &[PathBuf]) -> Result<InstallLog, PyError> {
+    pub fn install_requirements(
+        &self,
+        venv: &Path,
+        spec: &PackageSpec,
+        files: &[PathBuf],
+    ) -> Result<InstallLog, PyError> {
         let scrubber = spec.scrubber();
         let work = WorkDir::new()?;
         let constraints = work.write_constraints(spec)?;
-        let (copies, overridden) = requirements::prepare(files, &spec.pinned_versions(), work.path())?;
-        let mut log = InstallLog { overridden, ..InstallLog::default() };
+        let (copies, overridden) =
+            requirements::prepare(files, &spec.pinned_versions(), work.path())?;
+        let mut log = InstallLog {
+            overridden,
+            ..InstallLog::default()
+        };
         if files.is_empty() {
             return Ok(log);
         }
@@ -238,7 +275,17 @@ impl Installer {
         }
         let names: Vec<String> = files.iter().map(|f| f.display().to_string()).collect();
         let what = format!("requirements {}", names.join(", "));
-        self.check_forbidden(venv, spec, &sources, &constraints, &args, &what, &work, &scrubber, &mut log)?;
+        self.check_forbidden(
+            venv,
+            spec,
+            &sources,
+            &constraints,
+            &args,
+            &what,
+            &work,
+            &scrubber,
+            &mut log,
+        )?;
         let mut cmd = self.install_command(venv, &sources, &constraints, &args);
         // Relative paths inside a requirements file mean the file's folder.
         if let Some(folder) = files[0].parent().filter(|p| !p.as_os_str().is_empty()) {
@@ -265,7 +312,8 @@ impl Installer {
             }
             Installer::Uv { uv } => {
                 let mut cmd = Command::new(uv);
-                cmd.args(["pip", "uninstall", "--python"]).arg(venv_python(venv));
+                cmd.args(["pip", "uninstall", "--python"])
+                    .arg(venv_python(venv));
                 cmd
             }
         };
@@ -275,7 +323,13 @@ impl Installer {
         Ok(log)
     }
 
-    fn install_command(&self, venv: &Path, sources: &Sources, constraints: &Path, args: &[String]) -> Command {
+    fn install_command(
+        &self,
+        venv: &Path,
+        sources: &Sources,
+        constraints: &Path,
+        args: &[String],
+    ) -> Command {
         let mut cmd = self.base_command(venv, sources);
         cmd.arg("-c").arg(constraints).args(args);
         cmd
@@ -290,13 +344,20 @@ impl Installer {
             Installer::Pip => {
                 let mut cmd = Command::new(&python);
                 cmd.args(["-m", "pip", "install"]);
-                (cmd, "PIP_INDEX_URL", "PIP_EXTRA_INDEX_URL", "PIP_FIND_LINKS", " ")
+                (
+                    cmd,
+                    "PIP_INDEX_URL",
+                    "PIP_EXTRA_INDEX_URL",
+                    "PIP_FIND_LINKS",
+                    " ",
+                )
             }
             Installer::Uv { uv } => {
                 let mut cmd = Command::new(uv);
                 cmd.args(["pip", "install", "--python"]).arg(&python);
                 // The deprecated spellings would override ours if the user has them set.
-                cmd.env_remove("UV_INDEX_URL").env_remove("UV_EXTRA_INDEX_URL");
+                cmd.env_remove("UV_INDEX_URL")
+                    .env_remove("UV_EXTRA_INDEX_URL");
                 (cmd, "UV_DEFAULT_INDEX", "UV_INDEX", "UV_FIND_LINKS", ",")
             }
         };
@@ -305,7 +366,12 @@ impl Installer {
         }
         // Set or cleared: an extra index from the user's shell must not leak
         // into a pin's own-index group.
-        let join = |urls: &[&IndexUrl], sep: &str| urls.iter().map(|u| u.expose()).collect::<Vec<_>>().join(sep);
+        let join = |urls: &[&IndexUrl], sep: &str| {
+            urls.iter()
+                .map(|u| u.expose())
+                .collect::<Vec<_>>()
+                .join(sep)
+        };
         match sources.extra_indexes.is_empty() {
             true => cmd.env_remove(extra_var),
             false => cmd.env(extra_var, join(&sources.extra_indexes, " ")),
@@ -342,7 +408,8 @@ impl Installer {
                 cmd.args(["--dry-run", "--quiet", "--report"]).arg(&report);
                 let done = run(&mut cmd, scrubber)?;
                 log.record(done.command, &done.output);
-                let text = std::fs::read_to_string(&report).map_err(|e| PyError::io("read", &report, e))?;
+                let text = std::fs::read_to_string(&report)
+                    .map_err(|e| PyError::io("read", &report, e))?;
                 forbid::from_pip_report(&text)?
             }
             Installer::Uv { uv } => {
@@ -350,19 +417,30 @@ impl Installer {
                 let done = run(&mut cmd, scrubber)?;
                 log.record(done.command, &done.output);
                 let would_install = forbid::from_uv_dry_run(&done.output);
-                if !would_install.iter().any(|(name, _)| forbidden.contains(name)) {
+                if !would_install
+                    .iter()
+                    .any(|(name, _)| forbidden.contains(name))
+                {
                     return Ok(());
                 }
                 // Only now (the failure path) ask uv who wants it.
                 let mut compile = Command::new(uv);
                 compile
-                    .args(["pip", "compile", "--no-header", "--annotation-style", "line", "--python"])
+                    .args([
+                        "pip",
+                        "compile",
+                        "--no-header",
+                        "--annotation-style",
+                        "line",
+                        "--python",
+                    ])
                     .arg(venv_python(venv))
                     .arg("-c")
                     .arg(constraints);
                 copy_sources_env(&cmd, &mut compile);
                 let inputs = work.path().join("compile-input.txt");
-                std::fs::write(&inputs, args_as_requirements(args)).map_err(|e| PyError::io("write", &inputs, e))?;
+                std::fs::write(&inputs, args_as_requirements(args))
+                    .map_err(|e| PyError::io("write", &inputs, e))?;
                 compile.arg(&inputs);
                 let done = run(&mut compile, scrubber)?;
                 log.record(done.command, &done.output);
@@ -379,6 +457,34 @@ impl Installer {
             }),
         }
     }
+}
+
+/// Pins that share an (index, extra-index) and so install in one run.
+struct IndexGroup<'a> {
+    index: Option<&'a IndexUrl>,
+    extra_index: Option<&'a IndexUrl>,
+    pins: Vec<&'a Pin>,
+}
+
+/// Groups pins by their sources, in spec order, own-index groups first.
+fn index_groups(pins: &[Pin]) -> Vec<IndexGroup<'_>> {
+    let mut groups: Vec<IndexGroup> = Vec::new();
+    for pin in pins {
+        let (index, extra_index) = (pin.index.as_ref(), pin.extra_index.as_ref());
+        match groups
+            .iter_mut()
+            .find(|g| g.index == index && g.extra_index == extra_index)
+        {
+            Some(group) => group.pins.push(pin),
+            None => groups.push(IndexGroup {
+                index,
+                extra_index,
+                pins: vec![pin],
+            }),
+        }
+    }
+    groups.sort_by_key(|g| g.index.is_none()); // a stable sort keeps spec order
+    groups
 }
 
 /// Turns installer arguments (`-r file`, `name==1.0`) into a requirements file's text.
@@ -445,15 +551,32 @@ mod tests {
     #[test]
     fn choosing_an_installer() {
         let dir = tempfile::tempdir().unwrap();
-        let empty = InterpreterSearch { path_dirs: vec![dir.path().to_path_buf()], pyenv_root: None };
-        assert_eq!(Installer::choose(InstallerChoice::Auto, &empty).unwrap(), Installer::Pip);
-        let message = Installer::choose(InstallerChoice::Uv, &empty).unwrap_err().to_string();
-        assert!(message.contains("`uv` was requested but is not on PATH"), "{message}");
+        let empty = InterpreterSearch {
+            path_dirs: vec![dir.path().to_path_buf()],
+            pyenv_root: None,
+        };
+        assert_eq!(
+            Installer::choose(InstallerChoice::Auto, &empty).unwrap(),
+            Installer::Pip
+        );
+        let message = Installer::choose(InstallerChoice::Uv, &empty)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            message.contains("`uv` was requested but is not on PATH"),
+            "{message}"
+        );
 
         let uv = dir.path().join("uv");
         std::fs::write(&uv, "#!/bin/sh\n").unwrap();
         std::fs::set_permissions(&uv, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
-        assert_eq!(Installer::choose(InstallerChoice::Auto, &empty).unwrap(), Installer::Uv { uv: uv.clone() });
-        assert_eq!(Installer::choose(InstallerChoice::Pip, &empty).unwrap(), Installer::Pip);
+        assert_eq!(
+            Installer::choose(InstallerChoice::Auto, &empty).unwrap(),
+            Installer::Uv { uv: uv.clone() }
+        );
+        assert_eq!(
+            Installer::choose(InstallerChoice::Pip, &empty).unwrap(),
+            Installer::Pip
+        );
     }
 }

@@ -28,7 +28,11 @@ impl PythonVersion {
             Some(p) => p.parse().ok()?,
             None => 0,
         };
-        Some(PythonVersion { major, minor, patch })
+        Some(PythonVersion {
+            major,
+            minor,
+            patch,
+        })
     }
 
     /// Whether this version satisfies a request `3.11` (any patch) or `3.11.9` (exactly).
@@ -57,7 +61,11 @@ struct VersionRequest {
 impl VersionRequest {
     fn parse(text: &str) -> Option<VersionRequest> {
         let parts: Vec<&str> = text.trim().split('.').collect();
-        if !(2..=3).contains(&parts.len()) || parts.iter().any(|p| p.is_empty() || !p.bytes().all(|b| b.is_ascii_digit())) {
+        if !(2..=3).contains(&parts.len())
+            || parts
+                .iter()
+                .any(|p| p.is_empty() || !p.bytes().all(|b| b.is_ascii_digit()))
+        {
             return None;
         }
         Some(VersionRequest {
@@ -102,12 +110,18 @@ impl InterpreterSearch {
             .filter(|r| !r.is_empty())
             .map(PathBuf::from)
             .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".pyenv")));
-        InterpreterSearch { path_dirs, pyenv_root }
+        InterpreterSearch {
+            path_dirs,
+            pyenv_root,
+        }
     }
 
     /// The first executable file called `name` in `path_dirs`.
     pub fn which(&self, name: &str) -> Option<PathBuf> {
-        self.path_dirs.iter().map(|d| d.join(name)).find(|p| is_executable(p))
+        self.path_dirs
+            .iter()
+            .map(|d| d.join(name))
+            .find(|p| is_executable(p))
     }
 
     /// Finds an interpreter for `spec`: a version (`3.11`, `3.11.9`), an
@@ -128,8 +142,16 @@ impl InterpreterSearch {
                 None => looked.push(format!("{name} on PATH: not found")),
                 Some(candidate) => match query_interpreter(&candidate) {
                     Ok(found) if request.matches(found.version) => return Ok(found),
-                    Ok(found) => looked.push(format!("{name} on PATH: {} is Python {}", candidate.display(), found.version)),
-                    Err(e) => looked.push(format!("{name} on PATH: {} does not run ({})", candidate.display(), first_line(&e.to_string()))),
+                    Ok(found) => looked.push(format!(
+                        "{name} on PATH: {} is Python {}",
+                        candidate.display(),
+                        found.version
+                    )),
+                    Err(e) => looked.push(format!(
+                        "{name} on PATH: {} does not run ({})",
+                        candidate.display(),
+                        first_line(&e.to_string())
+                    )),
                 },
             }
         }
@@ -140,16 +162,29 @@ impl InterpreterSearch {
             Some(root) => {
                 let versions_dir = root.join("versions");
                 match pyenv_versions(&versions_dir) {
-                    Err(_) => looked.push(format!("pyenv versions folder {}: does not exist", versions_dir.display())),
+                    Err(_) => looked.push(format!(
+                        "pyenv versions folder {}: does not exist",
+                        versions_dir.display()
+                    )),
                     Ok(installed) => {
-                        if let Some((version, python)) = installed.iter().rev().find(|(v, _)| request.matches(*v)) {
-                            return Ok(Interpreter { path: python.clone(), version: *version });
+                        if let Some((version, python)) =
+                            installed.iter().rev().find(|(v, _)| request.matches(*v))
+                        {
+                            return Ok(Interpreter {
+                                path: python.clone(),
+                                version: *version,
+                            });
                         }
-                        let list: Vec<String> = installed.iter().map(|(v, _)| v.to_string()).collect();
+                        let list: Vec<String> =
+                            installed.iter().map(|(v, _)| v.to_string()).collect();
                         looked.push(format!(
                             "pyenv versions folder {}: {}",
                             versions_dir.display(),
-                            if list.is_empty() { "no versions".to_string() } else { format!("has {}", list.join(", ")) }
+                            if list.is_empty() {
+                                "no versions".to_string()
+                            } else {
+                                format!("has {}", list.join(", "))
+                            }
                         ));
                     }
                 }
@@ -161,17 +196,28 @@ impl InterpreterSearch {
             None => looked.push("`uv python find`: uv is not on PATH".into()),
             Some(uv) => match uv_python_find(&uv, spec) {
                 Ok(found) if request.matches(found.version) => return Ok(found),
-                Ok(found) => looked.push(format!("`uv python find {spec}`: found only Python {} at {}", found.version, found.path.display())),
+                Ok(found) => looked.push(format!(
+                    "`uv python find {spec}`: found only Python {} at {}",
+                    found.version,
+                    found.path.display()
+                )),
                 Err(_) => looked.push(format!("`uv python find {spec}`: no match")),
             },
         }
 
-        Err(PyError::InterpreterNotFound { spec: spec.to_string(), looked })
+        Err(PyError::InterpreterNotFound {
+            spec: spec.to_string(),
+            looked,
+        })
     }
 
     fn find_by_path(&self, spec: &str) -> Result<Interpreter, PyError> {
         let is_path = spec.contains('/') || spec.contains(std::path::MAIN_SEPARATOR);
-        let candidate = if is_path { Some(PathBuf::from(spec)) } else { self.which(spec) };
+        let candidate = if is_path {
+            Some(PathBuf::from(spec))
+        } else {
+            self.which(spec)
+        };
         match candidate {
             Some(path) if path.exists() => query_interpreter(&path),
             Some(path) => Err(PyError::InterpreterNotFound {
@@ -180,7 +226,9 @@ impl InterpreterSearch {
             }),
             None => Err(PyError::InterpreterNotFound {
                 spec: spec.to_string(),
-                looked: vec![format!("{spec} on PATH: not found (and it is not a version like 3.11 or 3.11.9)")],
+                looked: vec![format!(
+                    "{spec} on PATH: not found (and it is not a version like 3.11 or 3.11.9)"
+                )],
             }),
         }
     }
@@ -199,13 +247,21 @@ fn pyenv_versions(versions_dir: &Path) -> std::io::Result<Vec<(PythonVersion, Pa
         let name = entry.file_name();
         // Only plain `X.Y.Z` folders: pyenv-virtualenv envs and `3.13.0t`
         // builds have other names and are not what `python "3.13"` means.
-        let Some(version) = name.to_str().and_then(VersionRequest::parse).filter(|r| r.patch.is_some()) else {
+        let Some(version) = name
+            .to_str()
+            .and_then(VersionRequest::parse)
+            .filter(|r| r.patch.is_some())
+        else {
             continue;
         };
         let python = entry.path().join("bin").join("python3");
         if is_executable(&python) {
             found.push((
-                PythonVersion { major: version.major, minor: version.minor, patch: version.patch.unwrap_or(0) },
+                PythonVersion {
+                    major: version.major,
+                    minor: version.minor,
+                    patch: version.patch.unwrap_or(0),
+                },
                 python,
             ));
         }
@@ -218,19 +274,30 @@ fn pyenv_versions(versions_dir: &Path) -> std::io::Result<Vec<(PythonVersion, Pa
 /// (`-I`) so a user's PYTHONPATH or site customisations cannot interfere.
 fn query_interpreter(path: &Path) -> Result<Interpreter, PyError> {
     let mut cmd = Command::new(path);
-    cmd.args(["-I", "-c", "import sys; print(sys.executable); print('%d.%d.%d' % sys.version_info[:3])"]);
-    let finished = run(&mut cmd, &Scrubber::default()).map_err(|e| PyError::InterpreterUnusable {
-        path: path.to_path_buf(),
-        detail: e.to_string(),
-    })?;
+    cmd.args([
+        "-I",
+        "-c",
+        "import sys; print(sys.executable); print('%d.%d.%d' % sys.version_info[:3])",
+    ]);
+    let finished =
+        run(&mut cmd, &Scrubber::default()).map_err(|e| PyError::InterpreterUnusable {
+            path: path.to_path_buf(),
+            detail: e.to_string(),
+        })?;
     let mut lines = finished.stdout.lines();
     let executable = lines.next().map(str::trim).filter(|l| !l.is_empty());
     let version = lines.next().and_then(PythonVersion::parse);
     match (executable, version) {
-        (Some(executable), Some(version)) => Ok(Interpreter { path: PathBuf::from(executable), version }),
+        (Some(executable), Some(version)) => Ok(Interpreter {
+            path: PathBuf::from(executable),
+            version,
+        }),
         _ => Err(PyError::InterpreterUnusable {
             path: path.to_path_buf(),
-            detail: format!("unexpected answer to a version query: {:?}", finished.stdout),
+            detail: format!(
+                "unexpected answer to a version query: {:?}",
+                finished.stdout
+            ),
         }),
     }
 }

@@ -54,7 +54,9 @@ pub fn observe_venv(path: &Path) -> Result<VenvObservation, PyError> {
             return match std::fs::symlink_metadata(path) {
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(VenvObservation::Missing),
                 Err(e) => Err(PyError::io("inspect", path, e)),
-                Ok(_) => Err(PyError::NotAVenv { path: path.to_path_buf() }),
+                Ok(_) => Err(PyError::NotAVenv {
+                    path: path.to_path_buf(),
+                }),
             };
         }
         Err(e) => return Err(PyError::io("read", cfg_path, e)),
@@ -63,11 +65,15 @@ pub fn observe_venv(path: &Path) -> Result<VenvObservation, PyError> {
     let mut python_version = None;
     let mut home = None;
     for line in cfg.lines() {
-        let Some((key, value)) = line.split_once('=') else { continue };
+        let Some((key, value)) = line.split_once('=') else {
+            continue;
+        };
         let value = value.trim();
         match key.trim() {
             // `python -m venv` writes `version`, uv and virtualenv `version_info`.
-            "version" | "version_info" => python_version = python_version.or(PythonVersion::parse(value)),
+            "version" | "version_info" => {
+                python_version = python_version.or(PythonVersion::parse(value))
+            }
             "home" => home = Some(PathBuf::from(value)),
             _ => {}
         }
@@ -79,7 +85,12 @@ pub fn observe_venv(path: &Path) -> Result<VenvObservation, PyError> {
         read_installed(&site_packages, &mut packages, &mut damaged)?;
     }
     damaged.sort();
-    Ok(VenvObservation::Present(ObservedVenv { python_version, home, packages, damaged }))
+    Ok(VenvObservation::Present(ObservedVenv {
+        python_version,
+        home,
+        packages,
+        damaged,
+    }))
 }
 
 /// `lib/python3.X/site-packages` (one per interpreter version that ever used
@@ -105,12 +116,19 @@ fn site_packages_dirs(venv: &Path) -> Result<Vec<PathBuf>, PyError> {
     Ok(dirs)
 }
 
-fn read_installed(site_packages: &Path, packages: &mut BTreeMap<String, String>, damaged: &mut Vec<String>) -> Result<(), PyError> {
-    let entries = std::fs::read_dir(site_packages).map_err(|e| PyError::io("list", site_packages, e))?;
+fn read_installed(
+    site_packages: &Path,
+    packages: &mut BTreeMap<String, String>,
+    damaged: &mut Vec<String>,
+) -> Result<(), PyError> {
+    let entries =
+        std::fs::read_dir(site_packages).map_err(|e| PyError::io("list", site_packages, e))?;
     for entry in entries {
         let entry = entry.map_err(|e| PyError::io("list", site_packages, e))?;
         let file_name = entry.file_name();
-        let Some(file_name) = file_name.to_str() else { continue };
+        let Some(file_name) = file_name.to_str() else {
+            continue;
+        };
         // pip renames what it is replacing to `~name...` and deletes it after;
         // a leftover is not an installed package (pip ignores it too).
         if file_name.starts_with('~') {
@@ -120,7 +138,11 @@ fn read_installed(site_packages: &Path, packages: &mut BTreeMap<String, String>,
             entry.path().join("METADATA")
         } else if file_name.ends_with(".egg-info") {
             // Legacy installs: a folder with PKG-INFO, or PKG-INFO content in a file.
-            if entry.path().is_dir() { entry.path().join("PKG-INFO") } else { entry.path() }
+            if entry.path().is_dir() {
+                entry.path().join("PKG-INFO")
+            } else {
+                entry.path()
+            }
         } else {
             continue;
         };
@@ -128,7 +150,9 @@ fn read_installed(site_packages: &Path, packages: &mut BTreeMap<String, String>,
             Some((name, version)) => {
                 let key = normalize_name(&name);
                 if let Some(previous) = packages.insert(key.clone(), version.clone()) {
-                    damaged.push(format!("{file_name} ({key} is installed twice: {previous} and {version})"));
+                    damaged.push(format!(
+                        "{file_name} ({key} is installed twice: {previous} and {version})"
+                    ));
                 }
             }
             None => damaged.push(file_name.to_string()),
@@ -163,7 +187,10 @@ fn read_name_and_version(path: &Path) -> Option<(String, String)> {
             break;
         }
     }
-    Some((name.filter(|n| !n.is_empty())?, version.filter(|v| !v.is_empty())?))
+    Some((
+        name.filter(|n| !n.is_empty())?,
+        version.filter(|v| !v.is_empty())?,
+    ))
 }
 
 #[cfg(test)]
@@ -178,14 +205,20 @@ mod tests {
     #[test]
     fn missing_path_is_a_state() {
         let dir = tempfile::tempdir().unwrap();
-        assert_eq!(observe_venv(&dir.path().join("venv")).unwrap(), VenvObservation::Missing);
+        assert_eq!(
+            observe_venv(&dir.path().join("venv")).unwrap(),
+            VenvObservation::Missing
+        );
     }
 
     #[test]
     fn folder_without_pyvenv_cfg_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         let message = observe_venv(dir.path()).unwrap_err().to_string();
-        assert!(message.contains("is not a Python venv (it has no pyvenv.cfg)"), "{message}");
+        assert!(
+            message.contains("is not a Python venv (it has no pyvenv.cfg)"),
+            "{message}"
+        );
         assert!(message.contains("plasma will not delete it"), "{message}");
     }
 
@@ -193,20 +226,54 @@ mod tests {
     fn reads_cfg_and_metadata_headers() {
         let dir = tempfile::tempdir().unwrap();
         let venv = dir.path();
-        write(&venv.join("pyvenv.cfg"), "home = /opt/py/bin\ninclude-system-site-packages = false\nversion_info = 3.11.7.final.0\n");
+        write(
+            &venv.join("pyvenv.cfg"),
+            "home = /opt/py/bin\ninclude-system-site-packages = false\nversion_info = 3.11.7.final.0\n",
+        );
         let site = venv.join("lib/python3.11/site-packages");
-        write(&site.join("Foo_Bar-1.0.dist-info/METADATA"), "Metadata-Version: 2.1\nName: Foo_Bar\nVersion: 1.0\n\nName: not-a-header\n");
-        write(&site.join("torch-2.5.1.dist-info/METADATA"), "Metadata-Version: 2.1\nVersion: 2.5.1+cpu\nName: torch\n");
-        write(&site.join("legacy.egg-info/PKG-INFO"), "Metadata-Version: 1.0\nName: legacy\nVersion: 0.3\n");
+        write(
+            &site.join("Foo_Bar-1.0.dist-info/METADATA"),
+            "Metadata-Version: 2.1\nName: Foo_Bar\nVersion: 1.0\n\nName: not-a-header\n",
+        );
+        write(
+            &site.join("torch-2.5.1.dist-info/METADATA"),
+            "Metadata-Version: 2.1\nVersion: 2.5.1+cpu\nName: torch\n",
+        );
+        write(
+            &site.join("legacy.egg-info/PKG-INFO"),
+            "Metadata-Version: 1.0\nName: legacy\nVersion: 0.3\n",
+        );
         write(&site.join("nometa-1.0.dist-info/RECORD"), "");
-        write(&site.join("noversion-1.0.dist-info/METADATA"), "Name: noversion\n\nVersion: 1.0\n");
-        write(&site.join("~orch-2.6.0.dist-info/METADATA"), "Name: torch\nVersion: 2.6.0\n");
-        let VenvObservation::Present(observed) = observe_venv(venv).unwrap() else { panic!("venv expected") };
+        write(
+            &site.join("noversion-1.0.dist-info/METADATA"),
+            "Name: noversion\n\nVersion: 1.0\n",
+        );
+        write(
+            &site.join("~orch-2.6.0.dist-info/METADATA"),
+            "Name: torch\nVersion: 2.6.0\n",
+        );
+        let VenvObservation::Present(observed) = observe_venv(venv).unwrap() else {
+            panic!("venv expected")
+        };
         assert_eq!(observed.python_version, PythonVersion::parse("3.11.7"));
         assert_eq!(observed.home, Some(PathBuf::from("/opt/py/bin")));
-        let packages: Vec<(&str, &str)> = observed.packages.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-        assert_eq!(packages, [("foo-bar", "1.0"), ("legacy", "0.3"), ("torch", "2.5.1+cpu")]);
-        assert_eq!(observed.damaged, ["nometa-1.0.dist-info", "noversion-1.0.dist-info"]);
+        let packages: Vec<(&str, &str)> = observed
+            .packages
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        assert_eq!(
+            packages,
+            [
+                ("foo-bar", "1.0"),
+                ("legacy", "0.3"),
+                ("torch", "2.5.1+cpu")
+            ]
+        );
+        assert_eq!(
+            observed.damaged,
+            ["nometa-1.0.dist-info", "noversion-1.0.dist-info"]
+        );
     }
 
     #[test]
@@ -215,10 +282,22 @@ mod tests {
         let venv = dir.path();
         write(&venv.join("pyvenv.cfg"), "version = 3.11.7\n");
         let site = venv.join("lib/python3.11/site-packages");
-        write(&site.join("helper-1.0.dist-info/METADATA"), "Name: helper\nVersion: 1.0\n");
-        write(&site.join("helper-1.1.dist-info/METADATA"), "Name: helper\nVersion: 1.1\n");
-        let VenvObservation::Present(observed) = observe_venv(venv).unwrap() else { panic!("venv expected") };
+        write(
+            &site.join("helper-1.0.dist-info/METADATA"),
+            "Name: helper\nVersion: 1.0\n",
+        );
+        write(
+            &site.join("helper-1.1.dist-info/METADATA"),
+            "Name: helper\nVersion: 1.1\n",
+        );
+        let VenvObservation::Present(observed) = observe_venv(venv).unwrap() else {
+            panic!("venv expected")
+        };
         assert_eq!(observed.damaged.len(), 1);
-        assert!(observed.damaged[0].contains("helper is installed twice"), "{:?}", observed.damaged);
+        assert!(
+            observed.damaged[0].contains("helper is installed twice"),
+            "{:?}",
+            observed.damaged
+        );
     }
 }

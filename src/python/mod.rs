@@ -39,10 +39,8 @@ mod process;
 mod requirements;
 
 pub use error::PyError;
-pub use installer::{
-    IndexUrl, InstallLog, Installer, InstallerChoice, PackageSpec, Pin,
-};
-pub use requirements::OverriddenRequirement;
+pub use installer::{IndexUrl, InstallLog, Installer, InstallerChoice, PackageSpec, Pin};
 pub use interpreter::{Interpreter, InterpreterSearch, PythonVersion, find_interpreter};
 pub use metadata::{ObservedVenv, VenvObservation, observe_venv, venv_python};
 pub use names::{normalize_name, redact_credentials, version_matches_pin};
+pub use requirements::OverriddenRequirement;

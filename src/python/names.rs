@@ -91,7 +91,9 @@ pub fn redact_credentials(text: &str) -> String {
         out.push_str(&rest[..authority_start]);
         rest = &rest[authority_start..];
         let authority_len = rest
-            .find(|c: char| c == '/' || c == '?' || c == '#' || c.is_whitespace() || "\"'<>`".contains(c))
+            .find(|c: char| {
+                c == '/' || c == '?' || c == '#' || c.is_whitespace() || "\"'<>`".contains(c)
+            })
             .unwrap_or(rest.len());
         let authority = &rest[..authority_len];
         match authority.rfind('@') {
@@ -111,7 +113,9 @@ pub fn redact_credentials(text: &str) -> String {
 /// exact strings from installer output in any form the installer prints).
 pub(crate) fn url_userinfo(url: &str) -> Option<&str> {
     let after_scheme = &url[url.find("://")? + 3..];
-    let authority_end = after_scheme.find(['/', '?', '#']).unwrap_or(after_scheme.len());
+    let authority_end = after_scheme
+        .find(['/', '?', '#'])
+        .unwrap_or(after_scheme.len());
     let authority = &after_scheme[..authority_end];
     authority.rfind('@').map(|at| &authority[..at])
 }
@@ -147,7 +151,10 @@ mod tests {
             redacted,
             "Looking in https://***@example.com/simple and http://***@h:8080/x, not https://pypi.org/simple"
         );
-        assert_eq!(url_userinfo("https://alice:t0ken@example.com/simple"), Some("alice:t0ken"));
+        assert_eq!(
+            url_userinfo("https://alice:t0ken@example.com/simple"),
+            Some("alice:t0ken")
+        );
         assert_eq!(url_userinfo("https://example.com/a@b"), None);
     }
 }

@@ -22,7 +22,8 @@ impl Scrubber {
     pub(crate) fn for_urls<'a>(urls: impl IntoIterator<Item = &'a str>) -> Self {
         let mut literals = Vec::new();
         for userinfo in urls.into_iter().filter_map(url_userinfo) {
-            let parts = std::iter::once(userinfo).chain(userinfo.split_once(':').map(|(_, pass)| pass));
+            let parts =
+                std::iter::once(userinfo).chain(userinfo.split_once(':').map(|(_, pass)| pass));
             for part in parts {
                 for form in [part.to_string(), percent_decode(part)] {
                     // Very short literals would scrub ordinary words; the
@@ -55,7 +56,9 @@ fn percent_decode(text: &str) -> String {
     let mut i = 0;
     while i < bytes.len() {
         if bytes[i] == b'%'
-            && let Some(byte) = text.get(i + 1..i + 3).and_then(|h| u8::from_str_radix(h, 16).ok())
+            && let Some(byte) = text
+                .get(i + 1..i + 3)
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
         {
             out.push(byte);
             i += 3;
@@ -143,14 +146,22 @@ mod tests {
         let text = "User for example.com: alice:p@ssw0rd\nurl http://alice:p%40ssw0rd@example.com/simple\npassword p@ssw0rd";
         let scrubbed = scrubber.scrub(text);
         assert!(!scrubbed.contains("ssw0rd"), "{scrubbed}");
-        assert!(scrubbed.contains("http://***@example.com/simple"), "{scrubbed}");
+        assert!(
+            scrubbed.contains("http://***@example.com/simple"),
+            "{scrubbed}"
+        );
     }
 
     #[test]
     fn failed_command_error_carries_tail_of_output() {
         let mut cmd = Command::new("sh");
-        cmd.args(["-c", "echo first; echo 'https://u:secretpw@h/x' >&2; exit 3"]);
-        let err = run(&mut cmd, &Scrubber::default()).err().expect("exit 3 must fail");
+        cmd.args([
+            "-c",
+            "echo first; echo 'https://u:secretpw@h/x' >&2; exit 3",
+        ]);
+        let err = run(&mut cmd, &Scrubber::default())
+            .err()
+            .expect("exit 3 must fail");
         let message = err.to_string();
         assert!(message.contains("exit status: 3"), "{message}");
         assert!(message.contains("https://***@h/x"), "{message}");

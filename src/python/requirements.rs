@@ -38,7 +38,13 @@ pub(crate) fn prepare(
     pins: &BTreeMap<String, String>,
     out_dir: &Path,
 ) -> Result<(Vec<PathBuf>, Vec<OverriddenRequirement>), PyError> {
-    let mut state = Filter { pins, out_dir, written: 0, visited: HashSet::new(), overridden: Vec::new() };
+    let mut state = Filter {
+        pins,
+        out_dir,
+        written: 0,
+        visited: HashSet::new(),
+        overridden: Vec::new(),
+    };
     let mut copies = Vec::new();
     for file in files {
         copies.push(state.filter_file(file)?);
@@ -56,7 +62,10 @@ struct Filter<'a> {
 
 impl Filter<'_> {
     fn filter_file(&mut self, file: &Path) -> Result<PathBuf, PyError> {
-        let bad = |detail: String| PyError::BadRequirements { path: file.to_path_buf(), detail };
+        let bad = |detail: String| PyError::BadRequirements {
+            path: file.to_path_buf(),
+            detail,
+        };
         let canonical = file.canonicalize().map_err(|e| bad(e.to_string()))?;
         if !self.visited.insert(canonical.clone()) {
             return Err(bad("it includes itself (through `-r`)".into()));
@@ -74,7 +83,11 @@ impl Filter<'_> {
                 // Included files are filtered too; constraint files only
                 // need their path made absolute (our copy lives elsewhere).
                 let target_path = base.join(target);
-                let target_path = if option == "-r" { self.filter_file(&target_path)? } else { target_path };
+                let target_path = if option == "-r" {
+                    self.filter_file(&target_path)?
+                } else {
+                    target_path
+                };
                 out.push_str(&format!("{option} {}\n", target_path.display()));
                 continue;
             }
@@ -95,7 +108,9 @@ impl Filter<'_> {
         self.visited.remove(&canonical);
 
         self.written += 1;
-        let copy = self.out_dir.join(format!("requirements-{}.txt", self.written));
+        let copy = self
+            .out_dir
+            .join(format!("requirements-{}.txt", self.written));
         std::fs::write(&copy, out).map_err(|e| PyError::io("write", &copy, e))?;
         Ok(copy)
     }
@@ -139,7 +154,10 @@ fn split_include(content: &str) -> Option<(&'static str, &str)> {
         for prefix in [long, short] {
             if let Some(rest) = content.strip_prefix(prefix) {
                 let rest = rest.strip_prefix('=').unwrap_or(rest);
-                if rest.starts_with([' ', '\t']) || content.starts_with(&format!("{prefix}=")) || (prefix == short && !rest.is_empty()) {
+                if rest.starts_with([' ', '\t'])
+                    || content.starts_with(&format!("{prefix}="))
+                    || (prefix == short && !rest.is_empty())
+                {
                     let target = rest.trim();
                     if !target.is_empty() {
                         return Some((short, target));
@@ -182,25 +200,53 @@ mod tests {
             "# a comment\nTorch>=2.6 ; python_version > \"3\"  # wants new torch\nhelper==1.1\n-r sub/more.txt\n--extra-index-url https://example.com/simple\nnumpy \\\n  >=1.0\n",
         )
         .unwrap();
-        std::fs::write(src.join("sub/more.txt"), "torch_vision[x]\nrich\n-c ../constraints.txt\n").unwrap();
-        let pins = BTreeMap::from([("torch".to_string(), "2.5.1".to_string()), ("torch-vision".to_string(), "0.20.1".to_string())]);
+        std::fs::write(
+            src.join("sub/more.txt"),
+            "torch_vision[x]\nrich\n-c ../constraints.txt\n",
+        )
+        .unwrap();
+        let pins = BTreeMap::from([
+            ("torch".to_string(), "2.5.1".to_string()),
+            ("torch-vision".to_string(), "0.20.1".to_string()),
+        ]);
         let out = dir.path().join("out");
         std::fs::create_dir(&out).unwrap();
 
         let (copies, overridden) = prepare(&[src.join("requirements.txt")], &pins, &out).unwrap();
 
         let requirements: Vec<&str> = overridden.iter().map(|o| o.requirement.as_str()).collect();
-        assert_eq!(requirements, ["Torch>=2.6 ; python_version > \"3\"", "torch_vision[x]"]);
+        assert_eq!(
+            requirements,
+            ["Torch>=2.6 ; python_version > \"3\"", "torch_vision[x]"]
+        );
         assert_eq!(overridden[0].pinned, "torch==2.5.1");
         let top = std::fs::read_to_string(&copies[0]).unwrap();
-        assert!(top.contains("# pinned by plasma to ==2.5.1: Torch>=2.6"), "{top}");
+        assert!(
+            top.contains("# pinned by plasma to ==2.5.1: Torch>=2.6"),
+            "{top}"
+        );
         assert!(top.contains("helper==1.1\n"), "{top}");
         assert!(top.contains("numpy   >=1.0\n"), "{top}");
-        assert!(top.contains("--extra-index-url https://example.com/simple\n"), "{top}");
-        let included = top.lines().find_map(|l| l.strip_prefix("-r ")).expect("include kept");
+        assert!(
+            top.contains("--extra-index-url https://example.com/simple\n"),
+            "{top}"
+        );
+        let included = top
+            .lines()
+            .find_map(|l| l.strip_prefix("-r "))
+            .expect("include kept");
         let more = std::fs::read_to_string(included).unwrap();
-        assert!(more.contains("# pinned by plasma to ==0.20.1: torch_vision[x]"), "{more}");
-        assert!(more.contains(&format!("-c {}", src.join("sub/../constraints.txt").display())), "{more}");
+        assert!(
+            more.contains("# pinned by plasma to ==0.20.1: torch_vision[x]"),
+            "{more}"
+        );
+        assert!(
+            more.contains(&format!(
+                "-c {}",
+                src.join("sub/../constraints.txt").display()
+            )),
+            "{more}"
+        );
     }
 
     #[test]
@@ -208,7 +254,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("loop.txt");
         std::fs::write(&file, "-r loop.txt\n").unwrap();
-        let err = prepare(&[file], &BTreeMap::new(), dir.path()).unwrap_err().to_string();
+        let err = prepare(&[file], &BTreeMap::new(), dir.path())
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("includes itself"), "{err}");
     }
 
@@ -216,7 +264,10 @@ mod tests {
     fn names_of_requirement_lines() {
         assert_eq!(requirement_name("torch>=2.6"), Some("torch"));
         assert_eq!(requirement_name("zope.interface"), Some("zope.interface"));
-        assert_eq!(requirement_name("torch @ https://x/torch.whl"), Some("torch"));
+        assert_eq!(
+            requirement_name("torch @ https://x/torch.whl"),
+            Some("torch")
+        );
         assert_eq!(requirement_name("./local"), None);
         assert_eq!(requirement_name("git+https://github.com/x/y"), None);
         assert_eq!(requirement_name("-e ."), None);

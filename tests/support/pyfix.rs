@@ -26,7 +26,12 @@ pub struct Wheel {
 
 impl Wheel {
     pub fn new(name: &str, version: &str) -> Wheel {
-        Wheel { name: name.into(), version: version.into(), requires: Vec::new(), flavour: "default".into() }
+        Wheel {
+            name: name.into(),
+            version: version.into(),
+            requires: Vec::new(),
+            flavour: "default".into(),
+        }
     }
     pub fn requires(mut self, requirement: &str) -> Wheel {
         self.requires.push(requirement.into());
@@ -52,7 +57,9 @@ pub fn standard_wheels() -> Vec<Wheel> {
         Wheel::new("visionlike", "0.20.1").requires("torchlike==2.5.1"),
         Wheel::new("helper", "1.0"),
         Wheel::new("helper", "1.1"),
-        Wheel::new("newnode", "1.0").requires("torchlike>=2.6").requires("helper"),
+        Wheel::new("newnode", "1.0")
+            .requires("torchlike>=2.6")
+            .requires("helper"),
         Wheel::new("xformerslike", "0.1"),
         Wheel::new("needs-xformers", "1.0").requires("xformerslike>=0.1"),
         Wheel::new("fancy_node", "2.0").requires("needs-xformers"),
@@ -81,8 +88,16 @@ pub fn build_index(dir: &Path, wheels: &[Wheel]) {
         .stdin(Stdio::piped())
         .spawn()
         .expect("python3 must be on PATH to build test wheels");
-    child.stdin.take().unwrap().write_all(format!("[{}]", spec.join(",")).as_bytes()).unwrap();
-    assert!(child.wait().unwrap().success(), "building test wheels failed");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(format!("[{}]", spec.join(",")).as_bytes())
+        .unwrap();
+    assert!(
+        child.wait().unwrap().success(),
+        "building test wheels failed"
+    );
 }
 
 const BUILD_SCRIPT: &str = r#"
@@ -139,7 +154,16 @@ impl PyIndex {
         build_index(root.path(), wheels);
         // Port 0: the OS picks a free port and the server prints it.
         let mut server = Command::new("python3")
-            .args(["-I", "-u", "-m", "http.server", "0", "--bind", "127.0.0.1", "--directory"])
+            .args([
+                "-I",
+                "-u",
+                "-m",
+                "http.server",
+                "0",
+                "--bind",
+                "127.0.0.1",
+                "--directory",
+            ])
             .arg(root.path())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
@@ -156,7 +180,12 @@ impl PyIndex {
             .nth(1)
             .and_then(|p| p.parse().ok())
             .unwrap_or_else(|| panic!("unexpected http.server banner: {line:?}"));
-        PyIndex { root, server, _stdout: stdout, port }
+        PyIndex {
+            root,
+            server,
+            _stdout: stdout,
+            port,
+        }
     }
 
     /// `http://127.0.0.1:PORT/simple`
