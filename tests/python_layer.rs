@@ -169,6 +169,34 @@ fn missing_interpreter_error_lists_every_place_looked() {
     );
 }
 
+#[test]
+fn interpreter_found_through_uv_python_find() {
+    let Some(Installer::Uv { uv }) = uv_or_skip("interpreter_found_through_uv_python_find") else {
+        return;
+    };
+    // PATH holds only uv, so neither PATH nor pyenv can answer.
+    let dir = tempfile::tempdir().unwrap();
+    std::os::unix::fs::symlink(&uv, dir.path().join("uv")).unwrap();
+    let search = InterpreterSearch {
+        path_dirs: vec![dir.path().to_path_buf()],
+        pyenv_root: None,
+    };
+    let wanted = python3().version;
+    let found = search
+        .find(&format!("{}.{}", wanted.major, wanted.minor))
+        .unwrap();
+    assert_eq!(
+        (found.version.major, found.version.minor),
+        (wanted.major, wanted.minor)
+    );
+
+    let message = search.find("3.99").unwrap_err().to_string();
+    assert!(
+        message.contains("`uv python find 3.99`: no match"),
+        "{message}"
+    );
+}
+
 // ------------------------------------------------------ venvs and observation
 
 #[test]

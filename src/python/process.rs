@@ -84,6 +84,8 @@ pub(crate) fn non_interactive(cmd: &mut Command) -> &mut Command {
         .env("PIP_NO_INPUT", "1")
         .env("PIP_DISABLE_PIP_VERSION_CHECK", "1")
         .env("PIP_NO_COLOR", "1")
+        // A `git+https://` requirement must fail, not wait for a password.
+        .env("GIT_TERMINAL_PROMPT", "0")
         .env("UV_NO_PROGRESS", "1")
         .env("NO_COLOR", "1")
         .env("PYTHONDONTWRITEBYTECODE", "1")
