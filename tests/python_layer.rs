@@ -162,6 +162,19 @@ fn missing_interpreter_error_lists_every_place_looked() {
         "{message}"
     );
 
+    let broken = dir.path().join("broken-python");
+    std::fs::write(&broken, "#!/bin/sh\necho 'cannot run' >&2\nexit 1\n").unwrap();
+    std::fs::set_permissions(&broken, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let unusable = search
+        .find(broken.to_str().unwrap())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        unusable.contains("broken-python is not a usable Python interpreter"),
+        "{unusable}"
+    );
+    assert!(unusable.contains("cannot run"), "{unusable}");
+
     let missing_file = search.find("/no/such/python3").unwrap_err().to_string();
     assert!(
         missing_file.contains("/no/such/python3: no such file"),
@@ -560,6 +573,26 @@ fn uv_uninstall_removes_packages() {
     if let Some(uv) = uv_or_skip("uv_uninstall_removes_packages") {
         uninstall_removes_packages(uv);
     }
+}
+
+#[test]
+fn missing_requirements_file_is_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("custom_nodes/x/requirements.txt");
+    // No venv is needed: the file is read before anything runs.
+    let err = Installer::Pip.install_requirements(
+        &dir.path().join("venv"),
+        &PackageSpec::default(),
+        std::slice::from_ref(&missing),
+    );
+    let message = err.unwrap_err().to_string();
+    assert!(
+        message.starts_with(&format!(
+            "could not read requirements file {}",
+            missing.display()
+        )),
+        "{message}"
+    );
 }
 
 #[test]

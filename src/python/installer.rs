@@ -20,8 +20,11 @@ use super::{PyError, forbid};
 /// (`https://user:token@host/simple`), so `Debug` and `Display` show it
 /// redacted; only [`IndexUrl::expose`] gives the real text, and that only
 /// goes into the installer's environment.
-#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(transparent)]
+///
+/// It serialises redacted too (for plans and JSON output), and has no
+/// `Deserialize`: a URL is only ever built from the spec, never read back
+/// from state.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct IndexUrl(String);
 
 impl IndexUrl {
@@ -40,6 +43,12 @@ impl fmt::Debug for IndexUrl {
     }
 }
 
+impl Serialize for IndexUrl {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&redact_credentials(&self.0))
+    }
+}
+
 impl fmt::Display for IndexUrl {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&redact_credentials(&self.0))
@@ -47,7 +56,7 @@ impl fmt::Display for IndexUrl {
 }
 
 /// An exact pin `name==version`, optionally from its own index.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Pin {
     pub name: String,
     pub version: String,
@@ -81,7 +90,7 @@ impl Pin {
 }
 
 /// What a venv declares about its packages (everything but requirements files).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct PackageSpec {
     pub pins: Vec<Pin>,
     /// Names that must never be installed (any spelling; compared normalised).
@@ -545,6 +554,11 @@ mod tests {
         let pin = Pin::new("torch", "2.5.1").with_index(url.clone());
         assert_eq!(url.to_string(), "https://***@example.com/simple");
         assert!(!format!("{pin:?}").contains("t0ken"));
+        let json = serde_json::to_string(&pin).unwrap();
+        assert!(
+            json.contains("\"https://***@example.com/simple\""),
+            "{json}"
+        );
         assert_eq!(url.expose(), "https://alice:t0ken@example.com/simple");
     }
 
