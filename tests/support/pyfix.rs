@@ -1,0 +1,212 @@
+//! Test fixture: small wheels built on the spot and served as a PEP 503
+//! simple index over real HTTP on 127.0.0.1. No network is needed.
+//!
+//! Wheels are zip files written by a short Python script using only the
+//! standard library (`zipfile`, `hashlib`); the index is a folder of
+//! `simple/<name>/index.html` pages served by `python3 -m http.server`,
+//! which is killed when the [`PyIndex`] is dropped.
+//!
+//! Use from a test file with `#[path = "support/pyfix.rs"] mod pyfix;`.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdout, Command, Stdio};
+
+/// One wheel to build: `name-version`, its `Requires-Dist` lines, and a
+/// `FLAVOUR` string written into its `__init__.py` (so a test can tell two
+/// builds of the same version apart, e.g. which index one came from).
+#[derive(Debug, Clone)]
+pub struct Wheel {
+    pub name: String,
+    pub version: String,
+    pub requires: Vec<String>,
+    pub flavour: String,
+}
+
+impl Wheel {
+    pub fn new(name: &str, version: &str) -> Wheel {
+        Wheel {
+            name: name.into(),
+            version: version.into(),
+            requires: Vec::new(),
+            flavour: "default".into(),
+        }
+    }
+    pub fn requires(mut self, requirement: &str) -> Wheel {
+        self.requires.push(requirement.into());
+        self
+    }
+    pub fn flavour(mut self, flavour: &str) -> Wheel {
+        self.flavour = flavour.into();
+        self
+    }
+    /// The importable module name (`needs-xformers` -> `needs_xformers`).
+    pub fn module(&self) -> String {
+        self.name.replace(['-', '.'], "_").to_lowercase()
+    }
+}
+
+/// The standard set: two torch-like versions, a helper in two versions, a
+/// custom-node-like package wanting a newer torch, one pulling a forbidden
+/// package (directly) and one pulling it through a middle package.
+pub fn standard_wheels() -> Vec<Wheel> {
+    vec![
+        Wheel::new("torchlike", "2.5.1"),
+        Wheel::new("torchlike", "2.6.0"),
+        Wheel::new("visionlike", "0.20.1").requires("torchlike==2.5.1"),
+        Wheel::new("helper", "1.0"),
+        Wheel::new("helper", "1.1"),
+        Wheel::new("newnode", "1.0")
+            .requires("torchlike>=2.6")
+            .requires("helper"),
+        Wheel::new("xformerslike", "0.1"),
+        Wheel::new("needs-xformers", "1.0").requires("xformerslike>=0.1"),
+        Wheel::new("fancy_node", "2.0").requires("needs-xformers"),
+    ]
+}
+
+/// Builds wheels into `dir/files` and a simple index into `dir/simple`.
+pub fn build_index(dir: &Path, wheels: &[Wheel]) {
+    let spec: Vec<String> = wheels
+        .iter()
+        .map(|w| {
+            let requires: Vec<String> = w.requires.iter().map(|r| format!("{r:?}")).collect();
+            format!(
+                "{{\"name\": {:?}, \"version\": {:?}, \"module\": {:?}, \"flavour\": {:?}, \"requires\": [{}]}}",
+                w.name,
+                w.version,
+                w.module(),
+                w.flavour,
+                requires.join(", ")
+            )
+        })
+        .collect();
+    let mut child = Command::new("python3")
+        .args(["-I", "-c", BUILD_SCRIPT])
+        .arg(dir)
+        .stdin(Stdio::piped())
+        .spawn()
+        .expect("python3 must be on PATH to build test wheels");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(format!("[{}]", spec.join(",")).as_bytes())
+        .unwrap();
+    assert!(
+        child.wait().unwrap().success(),
+        "building test wheels failed"
+    );
+}
+
+const BUILD_SCRIPT: &str = r#"
+import base64, hashlib, json, os, re, sys, zipfile
+root = sys.argv[1]
+wheels = json.load(sys.stdin)
+os.makedirs(os.path.join(root, "files"), exist_ok=True)
+def norm(name): return re.sub(r"[-_.]+", "-", name).lower()
+def record_hash(data): return "sha256=" + base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
+links = {}
+for w in wheels:
+    dist = w["name"].replace("-", "_")
+    info = f"{dist}-{w['version']}.dist-info"
+    metadata = f"Metadata-Version: 2.1\nName: {w['name']}\nVersion: {w['version']}\n"
+    metadata += "".join(f"Requires-Dist: {r}\n" for r in w["requires"])
+    files = {
+        f"{w['module']}/__init__.py": f"VERSION = {w['version']!r}\nFLAVOUR = {w['flavour']!r}\n",
+        f"{info}/METADATA": metadata,
+        f"{info}/WHEEL": "Wheel-Version: 1.0\nGenerator: plasma-pyfix\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
+    }
+    record = "".join(f"{p},{record_hash(c.encode())},{len(c.encode())}\n" for p, c in files.items()) + f"{info}/RECORD,,\n"
+    files[f"{info}/RECORD"] = record
+    filename = f"{dist}-{w['version']}-py3-none-any.whl"
+    path = os.path.join(root, "files", filename)
+    with zipfile.ZipFile(path, "w") as z:
+        for p, c in files.items():
+            z.writestr(p, c)
+    digest = hashlib.sha256(open(path, "rb").read()).hexdigest()
+    links.setdefault(norm(w["name"]), []).append(f'<a href="../../files/{filename}#sha256={digest}">{filename}</a>')
+os.makedirs(os.path.join(root, "simple"), exist_ok=True)
+with open(os.path.join(root, "simple", "index.html"), "w") as f:
+    f.write("<html><body>" + "".join(f'<a href="{n}/">{n}</a>' for n in sorted(links)) + "</body></html>")
+for name, anchors in links.items():
+    os.makedirs(os.path.join(root, "simple", name), exist_ok=True)
+    with open(os.path.join(root, "simple", name, "index.html"), "w") as f:
+        f.write("<html><body>" + "".join(anchors) + "</body></html>")
+"#;
+
+/// A simple index served on 127.0.0.1 until dropped.
+pub struct PyIndex {
+    root: tempfile::TempDir,
+    server: Child,
+    _stdout: BufReader<ChildStdout>,
+    pub port: u16,
+}
+
+impl PyIndex {
+    pub fn standard() -> PyIndex {
+        PyIndex::serve(&standard_wheels())
+    }
+
+    pub fn serve(wheels: &[Wheel]) -> PyIndex {
+        let root = tempfile::tempdir().unwrap();
+        build_index(root.path(), wheels);
+        // Port 0: the OS picks a free port and the server prints it.
+        let mut server = Command::new("python3")
+            .args([
+                "-I",
+                "-u",
+                "-m",
+                "http.server",
+                "0",
+                "--bind",
+                "127.0.0.1",
+                "--directory",
+            ])
+            .arg(root.path())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("python3 -m http.server");
+        let mut stdout = BufReader::new(server.stdout.take().unwrap());
+        let mut line = String::new();
+        stdout.read_line(&mut line).unwrap();
+        // "Serving HTTP on 127.0.0.1 port 41234 (http://127.0.0.1:41234/) ..."
+        let port = line
+            .split_whitespace()
+            .skip_while(|w| *w != "port")
+            .nth(1)
+            .and_then(|p| p.parse().ok())
+            .unwrap_or_else(|| panic!("unexpected http.server banner: {line:?}"));
+        PyIndex {
+            root,
+            server,
+            _stdout: stdout,
+            port,
+        }
+    }
+
+    /// `http://127.0.0.1:PORT/simple`
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}/simple", self.port)
+    }
+
+    /// The same index with `user:password@` in the URL (the server ignores it).
+    pub fn url_with_credentials(&self, user: &str, password: &str) -> String {
+        format!("http://{user}:{password}@127.0.0.1:{}/simple", self.port)
+    }
+
+    /// The folder of built wheels, usable as `find-links`.
+    pub fn wheel_dir(&self) -> PathBuf {
+        self.root.path().join("files")
+    }
+}
+
+impl Drop for PyIndex {
+    fn drop(&mut self) {
+        let _ = self.server.kill();
+        let _ = self.server.wait();
+    }
+}
