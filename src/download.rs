@@ -457,6 +457,7 @@ async fn download_from(
             }
             Err(AttemptFailure::Transient(reason)) => {
                 if attempt >= options.max_attempts.max(1) {
+                    discard_if_empty(&part, dest);
                     return Err(DownloadError::Network {
                         url: shown_url,
                         attempts: attempt,
@@ -481,7 +482,7 @@ async fn download_from(
 }
 
 /// Leaves no empty part or sidecar behind after a failure (a web page, a
-/// 401): there is nothing in them worth resuming.
+/// 401, a server that kept failing): there is nothing in them worth resuming.
 fn discard_if_empty(part: &PartFile, dest: &Path) {
     if part.len == 0 {
         let _ = std::fs::remove_file(&part.path);
