@@ -286,7 +286,10 @@ impl DownloadError {
     /// Failures of this machine rather than of the URL: another mirror would
     /// not help.
     fn is_local(&self) -> bool {
-        matches!(self, DownloadError::DiskFull { .. } | DownloadError::Io { .. })
+        matches!(
+            self,
+            DownloadError::DiskFull { .. } | DownloadError::Io { .. }
+        )
     }
 }
 
@@ -452,6 +455,11 @@ async fn download_from(
         match outcome {
             Ok(()) => break,
             Err(AttemptFailure::Fatal(error)) => {
+                if matches!(error, DownloadError::SizeMismatch { .. }) {
+                    // The server's file is not the one the spec describes:
+                    // none of the part is worth keeping.
+                    part.len = 0;
+                }
                 discard_if_empty(&part, dest);
                 return Err(error);
             }
@@ -508,11 +516,13 @@ async fn open_part_for(
         if let Some(meta) = meta
             && part_path.is_file()
         {
-            let part = PartFile::resume(&part_path).map_err(|e| local_error("resume", &part_path, e))?;
+            let part =
+                PartFile::resume(&part_path).map_err(|e| local_error("resume", &part_path, e))?;
             return Ok((part, Some(meta.validator)));
         }
         remove_if_present(&meta_path).map_err(|e| local_error("remove", &meta_path, e))?;
-        let part = PartFile::create(&part_path).map_err(|e| local_error("create", &part_path, e))?;
+        let part =
+            PartFile::create(&part_path).map_err(|e| local_error("create", &part_path, e))?;
         Ok((part, None))
     })
     .await
@@ -581,7 +591,9 @@ async fn attempt_once(
     if is_html(response.headers()) {
         return (
             part,
-            Err(AttemptFailure::Fatal(DownloadError::WebPage { url: shown_url })),
+            Err(AttemptFailure::Fatal(DownloadError::WebPage {
+                url: shown_url,
+            })),
         );
     }
 
@@ -682,11 +694,14 @@ fn is_html(headers: &HeaderMap) -> bool {
 /// Whether bytes at the start of a file look like an HTML page.
 fn starts_like_html(head: &[u8]) -> bool {
     let head = head.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(head);
-    let start = head.iter().position(|b| !b.is_ascii_whitespace()).unwrap_or(head.len());
-    let head = &head[start..];
-    [&b"<!doctype"[..], b"<html"]
+    let start = head
         .iter()
-        .any(|marker| head.len() >= marker.len() && head[..marker.len()].eq_ignore_ascii_case(marker))
+        .position(|b| !b.is_ascii_whitespace())
+        .unwrap_or(head.len());
+    let head = &head[start..];
+    [&b"<!doctype"[..], b"<html"].iter().any(|marker| {
+        head.len() >= marker.len() && head[..marker.len()].eq_ignore_ascii_case(marker)
+    })
 }
 
 /// Enough bytes to recognise an HTML start after some whitespace.
@@ -705,7 +720,11 @@ fn content_range(headers: &HeaderMap) -> Option<(u64, Option<u64>)> {
 /// A strong ETag, else Last-Modified: what `If-Range` accepts. Weak ETags
 /// (`W/"..."`) may not be used there.
 fn resume_validator(headers: &HeaderMap) -> Option<String> {
-    let text = |name| headers.get(name).and_then(|v: &HeaderValue| v.to_str().ok());
+    let text = |name| {
+        headers
+            .get(name)
+            .and_then(|v: &HeaderValue| v.to_str().ok())
+    };
     text(header::ETAG)
         .filter(|etag| !etag.starts_with("W/"))
         .or_else(|| text(header::LAST_MODIFIED))
@@ -807,7 +826,10 @@ async fn stream_body(
     drop(sender);
     let (part, written) = writer.await.expect("the writer does not panic");
     if let Err(e) = written {
-        return (part, Err(AttemptFailure::Fatal(local_error("write", &part_path, e))));
+        return (
+            part,
+            Err(AttemptFailure::Fatal(local_error("write", &part_path, e))),
+        );
     }
     (part, outcome)
 }
@@ -840,7 +862,8 @@ pub fn copy_from_source(
     let part_path = part_path(dest);
     let meta_path = meta_path(dest);
     remove_if_present(&meta_path).map_err(|e| local_error("remove", &meta_path, e))?;
-    let mut part = PartFile::create(&part_path).map_err(|e| local_error("create", &part_path, e))?;
+    let mut part =
+        PartFile::create(&part_path).map_err(|e| local_error("create", &part_path, e))?;
     progress.on_start(Some(len));
 
     let mut buffer = vec![0u8; HASH_BUFFER_BYTES];
@@ -878,7 +901,9 @@ fn place_verified(
 ) -> Result<Sha256Digest, DownloadError> {
     let part_path = part.path.clone();
     let meta_path = meta_path(dest);
-    let (actual, len) = part.finish().map_err(|e| local_error("write", &part_path, e))?;
+    let (actual, len) = part
+        .finish()
+        .map_err(|e| local_error("write", &part_path, e))?;
     let discard = || {
         let _ = std::fs::remove_file(&part_path);
         let _ = std::fs::remove_file(&meta_path);
@@ -976,14 +1001,18 @@ impl PartFile {
     /// Flushes to the disk and returns the digest and length.
     fn finish(self) -> io::Result<(Sha256Digest, u64)> {
         self.file.sync_all()?;
-        Ok((Sha256Digest::from_bytes(self.hasher.finalize().into()), self.len))
+        Ok((
+            Sha256Digest::from_bytes(self.hasher.finalize().into()),
+            self.len,
+        ))
     }
 }
 
 fn create_parent(dest: &Path) -> Result<(), DownloadError> {
     match dest.parent() {
-        Some(parent) if !parent.as_os_str().is_empty() => std::fs::create_dir_all(parent)
-            .map_err(|e| local_error("create the folder", parent, e)),
+        Some(parent) if !parent.as_os_str().is_empty() => {
+            std::fs::create_dir_all(parent).map_err(|e| local_error("create the folder", parent, e))
+        }
         _ => Ok(()),
     }
 }
@@ -1005,8 +1034,10 @@ fn remove_if_present(path: &Path) -> io::Result<()> {
 
 /// A local I/O error, with disk full (and quota exceeded) said plainly.
 fn local_error(action: &'static str, path: &Path, source: io::Error) -> DownloadError {
-    let full = matches!(source.raw_os_error(), Some(libc::ENOSPC) | Some(libc::EDQUOT))
-        || source.kind() == io::ErrorKind::StorageFull;
+    let full = matches!(
+        source.raw_os_error(),
+        Some(libc::ENOSPC) | Some(libc::EDQUOT)
+    ) || source.kind() == io::ErrorKind::StorageFull;
     if full {
         DownloadError::DiskFull {
             path: path.to_path_buf(),
@@ -1042,7 +1073,10 @@ mod tests {
         let shown = redact_url(
             "https://user:hunter2@civitai.com/api/download/models/1?token=abc&type=Model",
         );
-        assert!(!shown.contains("hunter2") && !shown.contains("abc"), "{shown}");
+        assert!(
+            !shown.contains("hunter2") && !shown.contains("abc"),
+            "{shown}"
+        );
         assert!(shown.contains("type=Model"), "{shown}");
 
         let signed = redact_url(
@@ -1052,7 +1086,10 @@ mod tests {
         assert!(!signed.contains("Ab3xYz09Qw12Er34Ty56"), "{signed}");
         assert!(signed.contains("expires=3600"), "{signed}");
 
-        assert_eq!(redact_url("not a url ?token=x"), "(a URL that does not parse)");
+        assert_eq!(
+            redact_url("not a url ?token=x"),
+            "(a URL that does not parse)"
+        );
     }
 
     #[test]
@@ -1077,8 +1114,13 @@ mod tests {
 
     #[test]
     fn unauthorized_hint_covers_each_token_situation() {
-        assert!(unauthorized_hint(Some("CIVITAI_TOKEN"), true).contains("$CIVITAI_TOKEN was sent and rejected"));
-        assert!(unauthorized_hint(Some("CIVITAI_TOKEN"), false).contains("$CIVITAI_TOKEN is not set"));
+        assert!(
+            unauthorized_hint(Some("CIVITAI_TOKEN"), true)
+                .contains("$CIVITAI_TOKEN was sent and rejected")
+        );
+        assert!(
+            unauthorized_hint(Some("CIVITAI_TOKEN"), false).contains("$CIVITAI_TOKEN is not set")
+        );
         assert!(unauthorized_hint(None, false).contains("no token-env is set"));
     }
 
@@ -1089,6 +1131,10 @@ mod tests {
             Path::new("/m.part"),
             io::Error::from_raw_os_error(libc::ENOSPC),
         );
-        assert!(error.to_string().starts_with("the disk is full while writing /m.part"));
+        assert!(
+            error
+                .to_string()
+                .starts_with("the disk is full while writing /m.part")
+        );
     }
 }

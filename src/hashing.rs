@@ -33,9 +33,7 @@ pub struct Sha256Digest([u8; 32]);
 pub enum DigestParseError {
     #[error("the sha256 is empty: write 64 hex characters or the sha256-<base64> form")]
     Empty,
-    #[error(
-        "a sha256 in hex has 64 characters, this one has {len}: check it was copied whole"
-    )]
+    #[error("a sha256 in hex has 64 characters, this one has {len}: check it was copied whole")]
     WrongHexLength { len: usize },
     #[error(
         "the sha256 has a character that is not hex ({found:?} at position {position}): \
@@ -100,8 +98,7 @@ impl Sha256Digest {
     }
 
     fn parse_hex(text: &str) -> Result<Self, DigestParseError> {
-        if let Some((position, found)) = text.char_indices().find(|(_, c)| !c.is_ascii_hexdigit())
-        {
+        if let Some((position, found)) = text.char_indices().find(|(_, c)| !c.is_ascii_hexdigit()) {
             return Err(DigestParseError::NotHex { found, position });
         }
         if text.len() != 64 {
@@ -225,10 +222,7 @@ fn advise_sequential(file: &File) {
 /// Hashes many files on up to `jobs` threads (at least one). Results come
 /// back in the order of `paths`, one per path; one unreadable file does not
 /// stop the others.
-pub fn hash_files_parallel(
-    paths: &[PathBuf],
-    jobs: usize,
-) -> Vec<Result<Sha256Digest, HashError>> {
+pub fn hash_files_parallel(paths: &[PathBuf], jobs: usize) -> Vec<Result<Sha256Digest, HashError>> {
     let jobs = jobs.clamp(1, paths.len().max(1));
     let next = AtomicUsize::new(0);
     let results: Vec<Mutex<Option<Result<Sha256Digest, HashError>>>> =
@@ -305,7 +299,10 @@ mod tests {
         let digest = Sha256Digest::parse(sri).unwrap();
         assert_eq!(digest.to_string(), ABC);
         assert_eq!(digest.to_sri(), sri);
-        assert_eq!(Sha256Digest::parse(sri.trim_end_matches('=')).unwrap(), digest);
+        assert_eq!(
+            Sha256Digest::parse(sri.trim_end_matches('=')).unwrap(),
+            digest
+        );
     }
 
     #[test]
@@ -315,7 +312,10 @@ mod tests {
         assert!(short.to_string().contains("64 characters, this one has 60"));
 
         let not_hex = Sha256Digest::parse(&format!("{}zz", &ABC[..62])).unwrap_err();
-        assert!(not_hex.to_string().contains("'z' at position 62"), "{not_hex}");
+        assert!(
+            not_hex.to_string().contains("'z' at position 62"),
+            "{not_hex}"
+        );
 
         let md5 = Sha256Digest::parse("md5-1B2M2Y8AsgTpgAmY7PhCfg==").unwrap_err();
         assert!(md5.to_string().contains("uses md5"), "{md5}");
@@ -326,7 +326,10 @@ mod tests {
         let wrong_len = Sha256Digest::parse("sha256-YWJj").unwrap_err();
         assert!(wrong_len.to_string().contains("3 bytes"), "{wrong_len}");
 
-        assert_eq!(Sha256Digest::parse("  ").unwrap_err(), DigestParseError::Empty);
+        assert_eq!(
+            Sha256Digest::parse("  ").unwrap_err(),
+            DigestParseError::Empty
+        );
     }
 
     #[test]

@@ -67,9 +67,7 @@ impl fmt::Display for Architecture {
 
 /// An `arch` value in a spec that names no known family.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error(
-    "unknown architecture {0:?}: use one of sd15, sd2, sdxl, flux, lora, vae, controlnet"
-)]
+#[error("unknown architecture {0:?}: use one of sd15, sd2, sdxl, flux, lora, vae, controlnet")]
 pub struct UnknownArchitecture(pub String);
 
 impl FromStr for Architecture {
@@ -141,7 +139,11 @@ pub enum SafetensorsError {
         "{} is truncated: its header needs {needed} bytes but the file has {len}; download it again",
         path.display()
     )]
-    Truncated { path: PathBuf, needed: u64, len: u64 },
+    Truncated {
+        path: PathBuf,
+        needed: u64,
+        len: u64,
+    },
     #[error("{} is not a safetensors file: its header is not valid JSON ({detail})", path.display())]
     InvalidJson { path: PathBuf, detail: String },
     #[error("{} is not a safetensors file: {detail}", path.display())]
@@ -201,7 +203,9 @@ fn parse_header_json(json: &[u8], header_bytes: u64) -> Result<SafetensorsInfo, 
     let value: serde_json::Value =
         serde_json::from_slice(json).map_err(|e| HeaderProblem::Json(e.to_string()))?;
     let serde_json::Value::Object(entries) = value else {
-        return Err(HeaderProblem::Shape("its header is not a JSON object".into()));
+        return Err(HeaderProblem::Shape(
+            "its header is not a JSON object".into(),
+        ));
     };
     let mut dtypes = BTreeMap::new();
     let mut metadata = BTreeMap::new();
@@ -318,7 +322,10 @@ mod tests {
     fn architecture_names_parse_leniently() {
         assert_eq!("SD1.5".parse::<Architecture>().unwrap(), Architecture::Sd15);
         assert_eq!("sd-2.x".parse::<Architecture>().unwrap(), Architecture::Sd2);
-        assert_eq!("ControlNet".parse::<Architecture>().unwrap(), Architecture::ControlNet);
+        assert_eq!(
+            "ControlNet".parse::<Architecture>().unwrap(),
+            Architecture::ControlNet
+        );
         let err = "sd3".parse::<Architecture>().unwrap_err();
         assert!(err.to_string().contains("use one of sd15"), "{err}");
         for arch in [Architecture::Sd15, Architecture::Sdxl, Architecture::Vae] {
@@ -345,7 +352,10 @@ mod tests {
             infer_architecture(["encoder.conv_in.weight", "something.else"]),
             Architecture::Unknown
         );
-        assert_eq!(infer_architecture(["quant_conv.weight"]), Architecture::Unknown);
+        assert_eq!(
+            infer_architecture(["quant_conv.weight"]),
+            Architecture::Unknown
+        );
         assert_eq!(infer_architecture([]), Architecture::Unknown);
     }
 }

@@ -12,8 +12,8 @@ use std::time::Duration;
 
 use httpfix::{Fault, HttpFixture, Route, RunningServer};
 use plasma::download::{
-    DownloadError, DownloadOptions, DownloadRequest, Expected, NoProgress, Progress,
-    SecretToken, copy_from_source, download, meta_path, part_path,
+    DownloadError, DownloadOptions, DownloadRequest, Expected, NoProgress, Progress, SecretToken,
+    copy_from_source, download, meta_path, part_path,
 };
 use plasma::hashing::{FileKey, Sha256Digest, hash_file, hash_files_parallel};
 use plasma::safetensors::{Architecture, SafetensorsError, read_header};
@@ -91,12 +91,18 @@ async fn downloads_verifies_and_places_the_file() {
     let case = case();
     let sha = Sha256Digest::of_bytes(&data);
     let progress = RecordingProgress::default();
-    let digest = download(&request(vec![server.url("/m")], &case.dest, Some(sha)), &progress)
-        .await
-        .unwrap();
+    let digest = download(
+        &request(vec![server.url("/m")], &case.dest, Some(sha)),
+        &progress,
+    )
+    .await
+    .unwrap();
     assert_eq!(digest, sha);
     assert_verified(&case.dest, &data);
-    assert_eq!(*progress.starts.lock().unwrap(), vec![Some(BODY_LEN as u64)]);
+    assert_eq!(
+        *progress.starts.lock().unwrap(),
+        vec![Some(BODY_LEN as u64)]
+    );
     assert_eq!(*progress.bytes.lock().unwrap(), BODY_LEN as u64);
 }
 
@@ -105,9 +111,12 @@ async fn without_expected_digest_returns_the_one_it_computed() {
     let data = body();
     let server = serve(Route::new(data.clone())).await;
     let case = case();
-    let digest = download(&request(vec![server.url("/m")], &case.dest, None), &NoProgress)
-        .await
-        .unwrap();
+    let digest = download(
+        &request(vec![server.url("/m")], &case.dest, None),
+        &NoProgress,
+    )
+    .await
+    .unwrap();
     assert_eq!(digest, Sha256Digest::of_bytes(&data));
     assert_eq!(hash_file(&case.dest).unwrap(), digest);
 }
@@ -115,14 +124,19 @@ async fn without_expected_digest_returns_the_one_it_computed() {
 #[tokio::test]
 async fn dropped_connection_resumes_with_range_and_the_hash_covers_everything() {
     let data = body();
-    let route = Route::new(data.clone()).fault(Fault::DropAfter(700_000)).times(1);
+    let route = Route::new(data.clone())
+        .fault(Fault::DropAfter(700_000))
+        .times(1);
     let etag = route.etag().to_string();
     let server = serve(route).await;
     let case = case();
     let sha = Sha256Digest::of_bytes(&data);
-    let digest = download(&request(vec![server.url("/m")], &case.dest, Some(sha)), &NoProgress)
-        .await
-        .unwrap();
+    let digest = download(
+        &request(vec![server.url("/m")], &case.dest, Some(sha)),
+        &NoProgress,
+    )
+    .await
+    .unwrap();
     assert_eq!(digest, sha);
     assert_verified(&case.dest, &data);
     let seen = server.requests();
@@ -135,22 +149,39 @@ async fn dropped_connection_resumes_with_range_and_the_hash_covers_everything() 
 #[tokio::test]
 async fn a_part_left_by_an_earlier_run_is_resumed_and_rehashed() {
     let data = body();
-    let server = serve(Route::new(data.clone()).fault(Fault::DropAfter(1_000_000)).times(1)).await;
+    let server = serve(
+        Route::new(data.clone())
+            .fault(Fault::DropAfter(1_000_000))
+            .times(1),
+    )
+    .await;
     let case = case();
     let sha = Sha256Digest::of_bytes(&data);
     let mut first = request(vec![server.url("/m")], &case.dest, Some(sha));
     first.options.max_attempts = 1;
     let error = download(&first, &NoProgress).await.unwrap_err();
-    assert!(matches!(error, DownloadError::Network { attempts: 1, .. }), "{error:?}");
-    assert!(error.to_string().contains("failed after 1 attempts"), "{error}");
+    assert!(
+        matches!(error, DownloadError::Network { attempts: 1, .. }),
+        "{error:?}"
+    );
+    assert!(
+        error.to_string().contains("failed after 1 attempts"),
+        "{error}"
+    );
     assert!(!case.dest.exists());
-    assert_eq!(std::fs::metadata(part_path(&case.dest)).unwrap().len(), 1_000_000);
+    assert_eq!(
+        std::fs::metadata(part_path(&case.dest)).unwrap().len(),
+        1_000_000
+    );
     assert!(meta_path(&case.dest).exists());
 
     let second = request(vec![server.url("/m")], &case.dest, Some(sha));
     assert_eq!(download(&second, &NoProgress).await.unwrap(), sha);
     assert_verified(&case.dest, &data);
-    assert_eq!(server.requests()[1].range.as_deref(), Some("bytes=1000000-"));
+    assert_eq!(
+        server.requests()[1].range.as_deref(),
+        Some("bytes=1000000-")
+    );
 }
 
 #[tokio::test]
@@ -160,11 +191,18 @@ async fn a_part_from_another_url_is_not_resumed() {
     let case = case();
     std::fs::create_dir_all(case.dest.parent().unwrap()).unwrap();
     std::fs::write(part_path(&case.dest), b"bytes of some other file").unwrap();
-    std::fs::write(meta_path(&case.dest), r#"{"url_id":"00","validator":"\"x\""}"#).unwrap();
+    std::fs::write(
+        meta_path(&case.dest),
+        r#"{"url_id":"00","validator":"\"x\""}"#,
+    )
+    .unwrap();
     let sha = Sha256Digest::of_bytes(&data);
-    download(&request(vec![server.url("/m")], &case.dest, Some(sha)), &NoProgress)
-        .await
-        .unwrap();
+    download(
+        &request(vec![server.url("/m")], &case.dest, Some(sha)),
+        &NoProgress,
+    )
+    .await
+    .unwrap();
     assert_verified(&case.dest, &data);
     assert_eq!(server.requests()[0].range, None);
 }
@@ -179,13 +217,20 @@ async fn a_server_ignoring_range_restarts_from_zero_and_succeeds() {
     let server = serve(route).await;
     let case = case();
     let sha = Sha256Digest::of_bytes(&data);
-    let digest = download(&request(vec![server.url("/m")], &case.dest, Some(sha)), &NoProgress)
-        .await
-        .unwrap();
+    let digest = download(
+        &request(vec![server.url("/m")], &case.dest, Some(sha)),
+        &NoProgress,
+    )
+    .await
+    .unwrap();
     assert_eq!(digest, sha);
     assert_verified(&case.dest, &data);
     let seen = server.requests();
-    assert_eq!(seen[1].range.as_deref(), Some("bytes=500000-"), "it asked to resume");
+    assert_eq!(
+        seen[1].range.as_deref(),
+        Some("bytes=500000-"),
+        "it asked to resume"
+    );
 }
 
 #[tokio::test]
@@ -194,9 +239,12 @@ async fn wrong_bytes_are_deleted_and_both_digests_named() {
     let server = serve(Route::new(data.clone()).fault(Fault::WrongBytes)).await;
     let case = case();
     let sha = Sha256Digest::of_bytes(&data);
-    let error = download(&request(vec![server.url("/m")], &case.dest, Some(sha)), &NoProgress)
-        .await
-        .unwrap_err();
+    let error = download(
+        &request(vec![server.url("/m")], &case.dest, Some(sha)),
+        &NoProgress,
+    )
+    .await
+    .unwrap_err();
     let wrong: Vec<u8> = data.iter().map(|b| b ^ 0x5a).collect();
     let actual = Sha256Digest::of_bytes(&wrong);
     let message = error.to_string();
@@ -211,10 +259,16 @@ async fn an_html_login_page_is_refused() {
     for fault in [Fault::HtmlLogin, Fault::HtmlDisguised] {
         let server = serve(Route::new(body()).fault(fault.clone())).await;
         let case = case();
-        let error = download(&request(vec![server.url("/m")], &case.dest, None), &NoProgress)
-            .await
-            .unwrap_err();
-        assert!(matches!(error, DownloadError::WebPage { .. }), "{fault:?}: {error:?}");
+        let error = download(
+            &request(vec![server.url("/m")], &case.dest, None),
+            &NoProgress,
+        )
+        .await
+        .unwrap_err();
+        assert!(
+            matches!(error, DownloadError::WebPage { .. }),
+            "{fault:?}: {error:?}"
+        );
         assert!(
             error
                 .to_string()
@@ -236,8 +290,14 @@ async fn unauthorized_names_the_token_variable() {
     let mut unset = request(vec![server.url("/m")], &case1.dest, None);
     unset.token_env = Some("CIVITAI_TOKEN".into());
     let error = download(&unset, &NoProgress).await.unwrap_err();
-    assert!(error.to_string().contains("refused the download (401)"), "{error}");
-    assert!(error.to_string().contains("$CIVITAI_TOKEN is not set"), "{error}");
+    assert!(
+        error.to_string().contains("refused the download (401)"),
+        "{error}"
+    );
+    assert!(
+        error.to_string().contains("$CIVITAI_TOKEN is not set"),
+        "{error}"
+    );
     assert_nothing_placed(&case1.dest);
 
     // A wrong token was sent: it was rejected.
@@ -246,14 +306,22 @@ async fn unauthorized_names_the_token_variable() {
     wrong.token_env = Some("CIVITAI_TOKEN".into());
     wrong.token = Some(SecretToken::new("not-the-right-token"));
     let error = download(&wrong, &NoProgress).await.unwrap_err();
-    assert!(error.to_string().contains("$CIVITAI_TOKEN was sent and rejected"), "{error}");
+    assert!(
+        error
+            .to_string()
+            .contains("$CIVITAI_TOKEN was sent and rejected"),
+        "{error}"
+    );
     assert_nothing_placed(&case2.dest);
 
     // No token-env at all.
     let case3 = case();
-    let error = download(&request(vec![server.url("/m")], &case3.dest, None), &NoProgress)
-        .await
-        .unwrap_err();
+    let error = download(
+        &request(vec![server.url("/m")], &case3.dest, None),
+        &NoProgress,
+    )
+    .await
+    .unwrap_err();
     assert!(error.to_string().contains("no token-env is set"), "{error}");
     assert_nothing_placed(&case3.dest);
 
@@ -273,10 +341,16 @@ async fn unauthorized_names_the_token_variable() {
 async fn forbidden_is_an_authorization_error_too() {
     let server = serve(Route::new(body()).fault(Fault::Status(403))).await;
     let case = case();
-    let error = download(&request(vec![server.url("/m")], &case.dest, None), &NoProgress)
-        .await
-        .unwrap_err();
-    assert!(error.to_string().contains("refused the download (403)"), "{error}");
+    let error = download(
+        &request(vec![server.url("/m")], &case.dest, None),
+        &NoProgress,
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        error.to_string().contains("refused the download (403)"),
+        "{error}"
+    );
     assert_nothing_placed(&case.dest);
 }
 
@@ -284,9 +358,12 @@ async fn forbidden_is_an_authorization_error_too() {
 async fn not_found_is_not_retried() {
     let server = serve(Route::new(body()).fault(Fault::Status(404))).await;
     let case = case();
-    let error = download(&request(vec![server.url("/m")], &case.dest, None), &NoProgress)
-        .await
-        .unwrap_err();
+    let error = download(
+        &request(vec![server.url("/m")], &case.dest, None),
+        &NoProgress,
+    )
+    .await
+    .unwrap_err();
     assert!(error.to_string().contains("was not found (404)"), "{error}");
     assert_nothing_placed(&case.dest);
     assert_eq!(server.requests().len(), 1);
@@ -297,9 +374,12 @@ async fn a_server_error_is_retried() {
     let data = body();
     let server = serve(Route::new(data.clone()).fault(Fault::Status(500)).times(2)).await;
     let case = case();
-    download(&request(vec![server.url("/m")], &case.dest, None), &NoProgress)
-        .await
-        .unwrap();
+    download(
+        &request(vec![server.url("/m")], &case.dest, None),
+        &NoProgress,
+    )
+    .await
+    .unwrap();
     assert_verified(&case.dest, &data);
     assert_eq!(server.requests().len(), 3);
 }
@@ -308,11 +388,16 @@ async fn a_server_error_is_retried() {
 async fn persistent_server_errors_give_up_after_the_attempt_limit() {
     let server = serve(Route::new(body()).fault(Fault::Status(503))).await;
     let case = case();
-    let error = download(&request(vec![server.url("/m")], &case.dest, None), &NoProgress)
-        .await
-        .unwrap_err();
+    let error = download(
+        &request(vec![server.url("/m")], &case.dest, None),
+        &NoProgress,
+    )
+    .await
+    .unwrap_err();
     assert!(
-        error.to_string().contains("failed after 3 attempts; the last error: the server answered 503"),
+        error
+            .to_string()
+            .contains("failed after 3 attempts; the last error: the server answered 503"),
         "{error}"
     );
     assert_nothing_placed(&case.dest);
@@ -329,9 +414,12 @@ async fn a_slow_trickle_still_completes() {
     let server = serve(Route::new(data.clone()).fault(fault)).await;
     let case = case();
     let sha = Sha256Digest::of_bytes(&data);
-    download(&request(vec![server.url("/m")], &case.dest, Some(sha)), &NoProgress)
-        .await
-        .unwrap();
+    download(
+        &request(vec![server.url("/m")], &case.dest, Some(sha)),
+        &NoProgress,
+    )
+    .await
+    .unwrap();
     assert_verified(&case.dest, &data);
 }
 
@@ -356,20 +444,31 @@ async fn a_stalled_body_times_out_and_resumes() {
 async fn a_body_shorter_than_content_length_is_retried_then_reported() {
     let data = body();
     // Once: retried and resumed.
-    let server = serve(Route::new(data.clone()).fault(Fault::ShortBody { extra: 10 }).times(1)).await;
+    let server = serve(
+        Route::new(data.clone())
+            .fault(Fault::ShortBody { extra: 10 })
+            .times(1),
+    )
+    .await;
     let case1 = case();
     let sha = Sha256Digest::of_bytes(&data);
-    download(&request(vec![server.url("/m")], &case1.dest, Some(sha)), &NoProgress)
-        .await
-        .unwrap();
+    download(
+        &request(vec![server.url("/m")], &case1.dest, Some(sha)),
+        &NoProgress,
+    )
+    .await
+    .unwrap();
     assert_verified(&case1.dest, &data);
 
     // Always: reported, nothing placed.
     let server = serve(Route::new(data.clone()).fault(Fault::ShortBody { extra: 10 })).await;
     let case2 = case();
-    let error = download(&request(vec![server.url("/m")], &case2.dest, Some(sha)), &NoProgress)
-        .await
-        .unwrap_err();
+    let error = download(
+        &request(vec![server.url("/m")], &case2.dest, Some(sha)),
+        &NoProgress,
+    )
+    .await
+    .unwrap_err();
     assert!(matches!(error, DownloadError::Network { .. }), "{error:?}");
     assert!(!case2.dest.exists());
 }
@@ -415,8 +514,35 @@ async fn a_size_mismatch_is_reported_before_downloading() {
     req.expected.size = Some(1234);
     let error = download(&req, &NoProgress).await.unwrap_err();
     assert!(
-        error.to_string().contains(&format!("is {BODY_LEN} bytes, but the spec's size says 1234")),
+        error.to_string().contains(&format!(
+            "is {BODY_LEN} bytes, but the spec's size says 1234"
+        )),
         "{error}"
+    );
+    assert_nothing_placed(&case.dest);
+}
+
+#[tokio::test]
+async fn a_resumed_part_of_the_wrong_size_is_discarded() {
+    let data = body();
+    let server = serve(
+        Route::new(data.clone())
+            .fault(Fault::DropAfter(100_000))
+            .times(1),
+    )
+    .await;
+    let case = case();
+    let mut first = request(vec![server.url("/m")], &case.dest, None);
+    first.options.max_attempts = 1;
+    download(&first, &NoProgress).await.unwrap_err();
+    assert!(part_path(&case.dest).exists());
+
+    let mut second = request(vec![server.url("/m")], &case.dest, None);
+    second.expected.size = Some(99);
+    let error = download(&second, &NoProgress).await.unwrap_err();
+    assert!(
+        matches!(error, DownloadError::SizeMismatch { .. }),
+        "{error:?}"
     );
     assert_nothing_placed(&case.dest);
 }
@@ -428,10 +554,18 @@ async fn a_full_disk_is_said_plainly() {
     std::fs::create_dir_all(case.dest.parent().unwrap()).unwrap();
     // Writes through the part land on /dev/full, which fails them with ENOSPC.
     std::os::unix::fs::symlink("/dev/full", part_path(&case.dest)).unwrap();
-    let error = download(&request(vec![server.url("/m")], &case.dest, None), &NoProgress)
-        .await
-        .unwrap_err();
-    assert!(error.to_string().starts_with("the disk is full while writing"), "{error}");
+    let error = download(
+        &request(vec![server.url("/m")], &case.dest, None),
+        &NoProgress,
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        error
+            .to_string()
+            .starts_with("the disk is full while writing"),
+        "{error}"
+    );
     assert!(!case.dest.exists());
 }
 
@@ -441,11 +575,19 @@ async fn bad_requests_are_refused_up_front() {
     let error = download(&request(vec![], &case.dest, None), &NoProgress)
         .await
         .unwrap_err();
-    assert!(error.to_string().contains("give the model at least one `url`"), "{error}");
+    assert!(
+        error
+            .to_string()
+            .contains("give the model at least one `url`"),
+        "{error}"
+    );
 
-    let error = download(&request(vec!["ftp://h/m".into()], &case.dest, None), &NoProgress)
-        .await
-        .unwrap_err();
+    let error = download(
+        &request(vec!["ftp://h/m".into()], &case.dest, None),
+        &NoProgress,
+    )
+    .await
+    .unwrap_err();
     assert!(error.to_string().contains("not ftp"), "{error}");
     assert!(!case.dest.exists());
 }
@@ -467,7 +609,11 @@ async fn the_token_never_appears_in_any_error() {
         let case = case();
         // The token also rides in the query, as CivitAI allows.
         let url = format!("{}?token={TOKEN}", server.url("/m"));
-        let mut req = request(vec![url.clone(), url], &case.dest, Some(Sha256Digest::of_bytes(&data)));
+        let mut req = request(
+            vec![url.clone(), url],
+            &case.dest,
+            Some(Sha256Digest::of_bytes(&data)),
+        );
         req.token = Some(SecretToken::new(TOKEN));
         req.token_env = Some("CIVITAI_TOKEN".into());
         assert!(!format!("{req:?}").contains(TOKEN));
@@ -497,7 +643,10 @@ fn copy_from_source_verifies_like_a_download() {
         sha256: Some(sha),
         size: Some(BODY_LEN as u64),
     };
-    assert_eq!(copy_from_source(&source, &dest, &expected, &NoProgress).unwrap(), sha);
+    assert_eq!(
+        copy_from_source(&source, &dest, &expected, &NoProgress).unwrap(),
+        sha
+    );
     assert_verified(&dest, &data);
 
     let other = dir.path().join("comfy/models/vae/other.safetensors");
@@ -506,18 +655,27 @@ fn copy_from_source_verifies_like_a_download() {
         size: None,
     };
     let error = copy_from_source(&source, &other, &wrong, &NoProgress).unwrap_err();
-    assert!(matches!(error, DownloadError::HashMismatch { .. }), "{error:?}");
+    assert!(
+        matches!(error, DownloadError::HashMismatch { .. }),
+        "{error:?}"
+    );
     assert_nothing_placed(&other);
 
     let missing = dir.path().join("nope.safetensors");
     let error = copy_from_source(&missing, &other, &Expected::default(), &NoProgress).unwrap_err();
-    assert!(error.to_string().starts_with("cannot read the source file"), "{error}");
+    assert!(
+        error.to_string().starts_with("cannot read the source file"),
+        "{error}"
+    );
     assert_nothing_placed(&other);
 
     let page = dir.path().join("page.safetensors");
     std::fs::write(&page, "<!DOCTYPE html><html>log in</html>").unwrap();
     let error = copy_from_source(&page, &other, &Expected::default(), &NoProgress).unwrap_err();
-    assert!(error.to_string().contains("is a web page, not the model"), "{error}");
+    assert!(
+        error.to_string().contains("is a web page, not the model"),
+        "{error}"
+    );
     assert_nothing_placed(&other);
 }
 
@@ -558,9 +716,16 @@ fn hash_file_matches_known_digests() {
     let missing = dir.path().join("missing");
     let results = hash_files_parallel(&[million_a.clone(), missing.clone(), empty.clone()], 2);
     assert_eq!(results.len(), 3);
-    assert_eq!(results[0].as_ref().unwrap(), &hash_file(&million_a).unwrap());
+    assert_eq!(
+        results[0].as_ref().unwrap(),
+        &hash_file(&million_a).unwrap()
+    );
     let error = results[1].as_ref().unwrap_err();
-    assert!(error.to_string().starts_with(&format!("cannot read {}", missing.display())));
+    assert!(
+        error
+            .to_string()
+            .starts_with(&format!("cannot read {}", missing.display()))
+    );
     assert_eq!(results[2].as_ref().unwrap(), &hash_file(&empty).unwrap());
     assert!(hash_files_parallel(&[], 4).is_empty());
 }
@@ -588,10 +753,16 @@ fn file_key_of_a_downloaded_file_is_stable_until_touched() {
 
 /// Writes a safetensors file with these tensors (name, dtype, shape) and
 /// zeroed data, plus optional metadata.
-fn write_safetensors(path: &Path, tensors: &[(&str, &str, &[u64])], metadata: Option<&str>) {
+/// (name, dtype, shape)
+type Tensor<'a> = (&'a str, &'a str, &'a [u64]);
+
+fn write_safetensors(path: &Path, tensors: &[Tensor], metadata: Option<&str>) {
     let mut header = serde_json::Map::new();
     if let Some(metadata) = metadata {
-        header.insert("__metadata__".into(), serde_json::from_str(metadata).unwrap());
+        header.insert(
+            "__metadata__".into(),
+            serde_json::from_str(metadata).unwrap(),
+        );
     }
     let mut offset = 0u64;
     for (name, dtype, shape) in tensors {
@@ -613,12 +784,16 @@ fn write_safetensors(path: &Path, tensors: &[(&str, &str, &[u64])], metadata: Op
 fn safetensors_header_reports_counts_metadata_and_architecture() {
     let dir = tempfile::tempdir().unwrap();
     let unet = "model.diffusion_model.input_blocks.1.1.transformer_blocks.0.attn2.to_k.weight";
-    let families: &[(&str, &[(&str, &str, &[u64])], Architecture)] = &[
+    let families: &[(&str, &[Tensor], Architecture)] = &[
         (
             "sd15",
             &[
                 (unet, "F16", &[320, 768]),
-                ("cond_stage_model.transformer.text_model.embeddings.position_ids", "I64", &[1, 77]),
+                (
+                    "cond_stage_model.transformer.text_model.embeddings.position_ids",
+                    "I64",
+                    &[1, 77],
+                ),
                 ("first_stage_model.encoder.conv_in.weight", "F16", &[128, 3]),
             ],
             Architecture::Sd15,
@@ -627,24 +802,48 @@ fn safetensors_header_reports_counts_metadata_and_architecture() {
             "sd2",
             &[
                 (unet, "F16", &[320, 1024]),
-                ("cond_stage_model.model.token_embedding.weight", "F16", &[49408, 1]),
+                (
+                    "cond_stage_model.model.token_embedding.weight",
+                    "F16",
+                    &[49408, 1],
+                ),
             ],
             Architecture::Sd2,
         ),
-        ("unet-only-sd15", &[(unet, "F16", &[320, 768])], Architecture::Sd15),
-        ("unet-only-sdxl", &[(unet, "F16", &[640, 2048])], Architecture::Sdxl),
+        (
+            "unet-only-sd15",
+            &[(unet, "F16", &[320, 768])],
+            Architecture::Sd15,
+        ),
+        (
+            "unet-only-sdxl",
+            &[(unet, "F16", &[640, 2048])],
+            Architecture::Sdxl,
+        ),
         (
             "sdxl",
             &[
-                ("model.diffusion_model.input_blocks.0.0.weight", "F16", &[320, 4]),
-                ("conditioner.embedders.1.model.ln_final.weight", "F16", &[1280]),
+                (
+                    "model.diffusion_model.input_blocks.0.0.weight",
+                    "F16",
+                    &[320, 4],
+                ),
+                (
+                    "conditioner.embedders.1.model.ln_final.weight",
+                    "F16",
+                    &[1280],
+                ),
             ],
             Architecture::Sdxl,
         ),
         (
             "flux",
             &[
-                ("double_blocks.0.img_attn.proj.weight", "BF16", &[3072, 3072]),
+                (
+                    "double_blocks.0.img_attn.proj.weight",
+                    "BF16",
+                    &[3072, 3072],
+                ),
                 ("single_blocks.0.linear1.weight", "BF16", &[21504, 1]),
             ],
             Architecture::Flux,
@@ -652,15 +851,31 @@ fn safetensors_header_reports_counts_metadata_and_architecture() {
         (
             "lora",
             &[
-                ("lora_unet_down_blocks_0_attentions_0_proj_in.lora_up.weight", "F16", &[320, 8]),
-                ("lora_unet_down_blocks_0_attentions_0_proj_in.lora_down.weight", "F16", &[8, 320]),
-                ("lora_unet_down_blocks_0_attentions_0_proj_in.alpha", "F16", &[]),
+                (
+                    "lora_unet_down_blocks_0_attentions_0_proj_in.lora_up.weight",
+                    "F16",
+                    &[320, 8],
+                ),
+                (
+                    "lora_unet_down_blocks_0_attentions_0_proj_in.lora_down.weight",
+                    "F16",
+                    &[8, 320],
+                ),
+                (
+                    "lora_unet_down_blocks_0_attentions_0_proj_in.alpha",
+                    "F16",
+                    &[],
+                ),
             ],
             Architecture::Lora,
         ),
         (
             "peft-lora",
-            &[("transformer.single_blocks.0.attn.to_q.lora_A.weight", "BF16", &[16, 3072])],
+            &[(
+                "transformer.single_blocks.0.attn.to_q.lora_A.weight",
+                "BF16",
+                &[16, 3072],
+            )],
             Architecture::Lora,
         ),
         (
@@ -681,7 +896,11 @@ fn safetensors_header_reports_counts_metadata_and_architecture() {
             ],
             Architecture::ControlNet,
         ),
-        ("unknown", &[("text_model.embeddings.weight", "F32", &[4, 4])], Architecture::Unknown),
+        (
+            "unknown",
+            &[("text_model.embeddings.weight", "F32", &[4, 4])],
+            Architecture::Unknown,
+        ),
     ];
     for (name, tensors, expected) in families {
         let path = dir.path().join(format!("{name}.safetensors"));
@@ -707,7 +926,10 @@ fn safetensors_header_reports_counts_metadata_and_architecture() {
     assert_eq!(info.dtypes.get("F32"), Some(&1));
     assert_eq!(info.main_dtype(), Some("F16"));
     assert_eq!(info.metadata.get("format").map(String::as_str), Some("pt"));
-    assert_eq!(info.metadata.get("ss_network_dim").map(String::as_str), Some("8"));
+    assert_eq!(
+        info.metadata.get("ss_network_dim").map(String::as_str),
+        Some("8")
+    );
 }
 
 #[test]
@@ -725,11 +947,19 @@ fn non_safetensors_files_get_clear_errors() {
     assert!(matches!(error, SafetensorsError::TooShort { len: 4, .. }));
 
     // A pickle zip starts with "PK\x03\x04": as a length that is absurd.
-    check("pickle.ckpt", b"PK\x03\x04\x14\x00\x00\x00rest of a zip", "more than the 104857600 allowed");
+    check(
+        "pickle.ckpt",
+        b"PK\x03\x04\x14\x00\x00\x00rest of a zip",
+        "more than the 104857600 allowed",
+    );
 
     let mut truncated = 100u64.to_le_bytes().to_vec();
     truncated.extend_from_slice(b"{\"a\":");
-    check("truncated", &truncated, "is truncated: its header needs 108 bytes but the file has 13");
+    check(
+        "truncated",
+        &truncated,
+        "is truncated: its header needs 108 bytes but the file has 13",
+    );
 
     let mut not_json = 9u64.to_le_bytes().to_vec();
     not_json.extend_from_slice(b"not json!");

@@ -133,7 +133,9 @@ impl HttpFixture {
     }
 
     pub async fn start(self) -> RunningServer {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind loopback");
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind loopback");
         let addr = listener.local_addr().expect("bound address");
         let shared = Arc::new(Mutex::new(Shared {
             routes: self.routes,
@@ -286,9 +288,7 @@ async fn respond(
 
     // Range handling as RFC 9110 describes it, for `bytes=N-` only.
     let mut start = 0;
-    if honour_range
-        && let Some(range) = request.headers.get("range")
-    {
+    if honour_range && let Some(range) = request.headers.get("range") {
         let if_range_ok = match request.headers.get("if-range") {
             None => true,
             Some(v) => validators && (v == &route.etag || v == LAST_MODIFIED),
