@@ -81,7 +81,7 @@ impl fmt::Debug for SecretToken {
 
 /// What the finished file must be. `None` fields are not checked (trust on
 /// first use: the caller records the digest that comes back).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Expected {
     pub sha256: Option<Sha256Digest>,
     pub size: Option<u64>,
@@ -251,11 +251,20 @@ pub enum DownloadError {
         #[source]
         source: io::Error,
     },
-    #[error("downloading {url} failed after {attempts} attempts; the last error: {reason}")]
+    #[error(
+        "downloading {url} failed after {attempts} attempts; the last error: {reason}{}",
+        if *kept_bytes > 0 {
+            format!(" ({kept_bytes} bytes are kept and the next run resumes from there)")
+        } else {
+            String::new()
+        }
+    )]
     Network {
         url: String,
         attempts: u32,
         reason: String,
+        /// Bytes left in the part file for the next run to resume.
+        kept_bytes: u64,
     },
     #[error("every URL failed:{}", list_failures(failures))]
     AllMirrorsFailed { failures: Vec<MirrorFailure> },
@@ -470,6 +479,7 @@ async fn download_from(
                         url: shown_url,
                         attempts: attempt,
                         reason,
+                        kept_bytes: part.len,
                     });
                 }
                 let factor = 2u32.saturating_pow(attempt - 1);

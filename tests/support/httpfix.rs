@@ -43,19 +43,20 @@ pub enum Fault {
     StallAfter { after: usize, pause: Duration },
     /// Announce `extra` more bytes than the body has, send the body, close.
     ShortBody { extra: usize },
-    /// Normal, but with neither ETag nor Last-Modified.
-    NoValidators,
 }
 
 /// What one path serves.
 #[derive(Debug, Clone)]
 pub struct Route {
-    body: Vec<u8>,
+    /// Shared, so serving a large body does not copy it per request.
+    body: Arc<[u8]>,
     fault: Option<Fault>,
     /// How many requests the fault applies to; later ones are served normally.
     fault_times: usize,
     /// Answer every request 200 with the whole body (never 206).
     ignore_ranges: bool,
+    /// Send neither ETag nor Last-Modified.
+    no_validators: bool,
     etag: String,
 }
 
@@ -63,10 +64,11 @@ impl Route {
     pub fn new(body: Vec<u8>) -> Route {
         let etag = format!("\"{}\"", &blake3::hash(&body).to_hex()[..16]);
         Route {
-            body,
+            body: body.into(),
             fault: None,
             fault_times: usize::MAX,
             ignore_ranges: false,
+            no_validators: false,
             etag,
         }
     }
@@ -85,6 +87,12 @@ impl Route {
     /// Like a server without range support, whatever the fault.
     pub fn ignore_ranges(mut self) -> Route {
         self.ignore_ranges = true;
+        self
+    }
+
+    /// Like a server that sends no ETag or Last-Modified, whatever the fault.
+    pub fn without_validators(mut self) -> Route {
+        self.no_validators = true;
         self
     }
 
@@ -277,12 +285,12 @@ async fn respond(
         _ => {}
     }
 
-    let full: Vec<u8> = match &fault {
+    let full: Arc<[u8]> = match &fault {
         Some(Fault::WrongBytes) => route.body.iter().map(|b| b ^ 0x5a).collect(),
-        Some(Fault::HtmlDisguised) => LOGIN_PAGE.as_bytes().to_vec(),
+        Some(Fault::HtmlDisguised) => LOGIN_PAGE.as_bytes().into(),
         _ => route.body.clone(),
     };
-    let validators = !matches!(fault, Some(Fault::NoValidators));
+    let validators = !route.no_validators;
     let honour_range = !route.ignore_ranges;
     let total = full.len();
 
