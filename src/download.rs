@@ -189,6 +189,8 @@ pub struct MirrorFailure {
 pub enum DownloadError {
     #[error("no URL to download from: give the model at least one `url`")]
     NoUrls,
+    #[error("cannot set up HTTP(S) downloads on this machine: {0}")]
+    HttpClient(String),
     #[error("{url} is not a usable download URL: {reason}")]
     InvalidUrl { url: String, reason: String },
     #[error("{url} refused the download ({status}): {}", unauthorized_hint(token_env.as_deref(), *token_sent))]
@@ -367,11 +369,7 @@ pub fn build_client(options: &DownloadOptions) -> Result<reqwest::Client, Downlo
         .connect_timeout(options.connect_timeout)
         .user_agent(concat!("plasma/", env!("CARGO_PKG_VERSION")))
         .build()
-        .map_err(|e| DownloadError::Io {
-            action: "set up the HTTP client for",
-            path: PathBuf::from("downloads"),
-            source: io::Error::other(describe_reqwest_error(e)),
-        })
+        .map_err(|e| DownloadError::HttpClient(describe_reqwest_error(e)))
 }
 
 /// Downloads `request` with a fresh client; returns the file's digest.
@@ -1132,6 +1130,15 @@ mod tests {
             unauthorized_hint(Some("CIVITAI_TOKEN"), false).contains("$CIVITAI_TOKEN is not set")
         );
         assert!(unauthorized_hint(None, false).contains("no token-env is set"));
+    }
+
+    /// The engine spawns downloads on tokio, which needs a `Send` future.
+    #[test]
+    fn download_future_is_send() {
+        fn assert_send<T: Send>(_: &T) {}
+        let request = DownloadRequest::new(vec![], "/tmp/m");
+        let future = download(&request, &NoProgress);
+        assert_send(&future);
     }
 
     #[test]

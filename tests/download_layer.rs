@@ -131,14 +131,22 @@ async fn dropped_connection_resumes_with_range_and_the_hash_covers_everything() 
     let server = serve(route).await;
     let case = case();
     let sha = Sha256Digest::of_bytes(&data);
+    let progress = RecordingProgress::default();
     let digest = download(
         &request(vec![server.url("/m")], &case.dest, Some(sha)),
-        &NoProgress,
+        &progress,
     )
     .await
     .unwrap();
     assert_eq!(digest, sha);
     assert_verified(&case.dest, &data);
+    let total = Some(BODY_LEN as u64);
+    assert_eq!(*progress.starts.lock().unwrap(), vec![total, total]);
+    assert_eq!(
+        *progress.bytes.lock().unwrap(),
+        BODY_LEN as u64,
+        "resumed bytes counted once"
+    );
     let seen = server.requests();
     assert_eq!(seen.len(), 2);
     assert_eq!(seen[0].range, None);
@@ -755,8 +763,10 @@ struct RecordingProgress {
 }
 
 impl Progress for RecordingProgress {
+    /// A bar restarts at each start, so count bytes from the last one.
     fn on_start(&self, total: Option<u64>) {
         self.starts.lock().unwrap().push(total);
+        *self.bytes.lock().unwrap() = 0;
     }
     fn on_bytes(&self, n: u64) {
         *self.bytes.lock().unwrap() += n;
