@@ -262,6 +262,39 @@ async fn without_validators_a_part_resumes_within_a_run_but_not_across_runs() {
 }
 
 #[tokio::test]
+async fn a_file_changed_on_the_server_is_not_spliced_onto_an_old_part() {
+    let old = body();
+    let server = serve(
+        Route::new(old.clone())
+            .fault(Fault::DropAfter(800_000))
+            .times(1),
+    )
+    .await;
+    let case = case();
+    let mut first = request(vec![server.url("/m")], &case.dest, None);
+    first.options.max_attempts = 1;
+    download(&first, &NoProgress).await.unwrap_err();
+
+    let new: Vec<u8> = old.iter().rev().copied().collect();
+    let new_route = Route::new(new.clone());
+    let old_etag = Route::new(old).etag().to_string();
+    assert_ne!(new_route.etag(), old_etag);
+    server.replace_route("/m", new_route);
+
+    let sha = Sha256Digest::of_bytes(&new);
+    let second = request(vec![server.url("/m")], &case.dest, Some(sha));
+    assert_eq!(download(&second, &NoProgress).await.unwrap(), sha);
+    assert_verified(&case.dest, &new);
+    let last = server.requests().pop().unwrap();
+    assert_eq!(last.range.as_deref(), Some("bytes=800000-"));
+    assert_eq!(
+        last.if_range,
+        Some(old_etag),
+        "the old part's ETag guarded the resume"
+    );
+}
+
+#[tokio::test]
 async fn a_part_from_another_url_is_not_resumed() {
     let data = body();
     let server = serve(Route::new(data.clone())).await;
@@ -548,6 +581,48 @@ async fn a_body_shorter_than_content_length_is_retried_then_reported() {
     .unwrap_err();
     assert!(matches!(error, DownloadError::Network { .. }), "{error:?}");
     assert!(!case2.dest.exists());
+}
+
+#[tokio::test]
+async fn redirects_are_followed_and_a_resume_starts_at_the_original_url() {
+    let data = body();
+    let server = HttpFixture::new()
+        .route(
+            "/resolve/model",
+            Route::new(Vec::new()).fault(Fault::RedirectTo("/cdn/model".into())),
+        )
+        .route(
+            "/cdn/model",
+            Route::new(data.clone())
+                .fault(Fault::DropAfter(600_000))
+                .times(1),
+        )
+        .start()
+        .await;
+    let case = case();
+    let sha = Sha256Digest::of_bytes(&data);
+    download(
+        &request(vec![server.url("/resolve/model")], &case.dest, Some(sha)),
+        &NoProgress,
+    )
+    .await
+    .unwrap();
+    assert_verified(&case.dest, &data);
+    let seen: Vec<(String, Option<String>)> = server
+        .requests()
+        .into_iter()
+        .map(|r| (r.path, r.range))
+        .collect();
+    let resumed = Some("bytes=600000-".to_string());
+    assert_eq!(
+        seen,
+        [
+            ("/resolve/model".into(), None),
+            ("/cdn/model".into(), None),
+            ("/resolve/model".into(), resumed.clone()),
+            ("/cdn/model".into(), resumed),
+        ]
+    );
 }
 
 #[tokio::test]

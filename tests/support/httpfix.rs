@@ -37,6 +37,8 @@ pub enum Fault {
     RequireBearer(String),
     /// Answer with this status and a short text body.
     Status(u16),
+    /// 302 to this location (as Hugging Face does to its CDN).
+    RedirectTo(String),
     /// Send the body in `chunk`-byte pieces with `pause` between them.
     Trickle { chunk: usize, pause: Duration },
     /// Send `after` bytes, then go silent for `pause`, then close.
@@ -165,6 +167,13 @@ impl RunningServer {
         format!("http://{}{}", self.addr, path)
     }
 
+    /// Serves `route` at `path` from now on (the file "changed on the server").
+    pub fn replace_route(&self, path: &str, route: Route) {
+        let mut shared = self.shared.lock().unwrap();
+        shared.routes.insert(path.to_string(), route);
+        shared.served.remove(path);
+    }
+
     /// Every request received so far, in order.
     pub fn requests(&self) -> Vec<SeenRequest> {
         self.shared.lock().unwrap().seen.clone()
@@ -267,6 +276,13 @@ async fn respond(
 ) -> std::io::Result<()> {
     match &fault {
         Some(Fault::Status(code)) => return respond_simple(stream, *code, "fault").await,
+        Some(Fault::RedirectTo(location)) => {
+            let head = format!(
+                "HTTP/1.1 302 Found\r\nLocation: {location}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+            );
+            stream.write_all(head.as_bytes()).await?;
+            return stream.shutdown().await;
+        }
         Some(Fault::RequireBearer(token)) => {
             let expected = format!("Bearer {token}");
             if request.headers.get("authorization") != Some(&expected) {
