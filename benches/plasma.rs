@@ -61,12 +61,18 @@ fn converged_files(count: usize) {
     std::fs::write(dir.path().join("plasma.kdl"), spec).unwrap();
     let start = Instant::now();
     plasma(dir.path(), &["apply", "--yes"]);
-    println!("apply, {count} file resources from nothing: {:.1} ms", ms(start.elapsed()));
+    println!(
+        "apply, {count} file resources from nothing: {:.1} ms",
+        ms(start.elapsed())
+    );
     let times = sample(10, || {
         let out = plasma(dir.path(), &["plan", "--detailed-exitcode"]);
         assert_eq!(out.status.code(), Some(0), "the machine is converged");
     });
-    report(&format!("converged plan, {count} file resources (target: well under 200 ms)"), &times);
+    report(
+        &format!("converged plan, {count} file resources (target: well under 200 ms)"),
+        &times,
+    );
     let times = sample(10, || {
         plasma(dir.path(), &["drift"]);
     });
@@ -74,11 +80,17 @@ fn converged_files(count: usize) {
     let times = sample(10, || {
         plasma(dir.path(), &["validate"]);
     });
-    report(&format!("validate (load, resolve, lint only), {count} file resources"), &times);
+    report(
+        &format!("validate (load, resolve, lint only), {count} file resources"),
+        &times,
+    );
 }
 
 fn main() {
     // `cargo bench` passes harness flags such as `--bench`; there is nothing to filter.
-    println!("plasma benchmarks ({} cores)", std::thread::available_parallelism().map_or(1, |n| n.get()));
+    println!(
+        "plasma benchmarks ({} cores)",
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    );
     converged_files(1000);
 }

@@ -113,6 +113,7 @@ pub async fn run(
         }
     }
 
+    let bars = indicatif::MultiProgress::with_draw_target(indicatif::ProgressDrawTarget::stderr());
     let mut running: FuturesUnordered<Task<'_>> = FuturesUnordered::new();
     let mut ctrl_c = Box::pin(tokio::signal::ctrl_c());
     loop {
@@ -158,9 +159,18 @@ pub async fn run(
             let log_dir = log_dir.clone();
             let declared = &spec.resources[i];
             let observation = observation.expect("checked above");
+            let bars = &bars;
             running.push(Box::pin(async move {
                 let started = Instant::now();
-                let result = apply_one(declared, observation, prior.as_ref(), &log_dir).await;
+                let cx = ApplyContext {
+                    spec,
+                    address: &declared.address,
+                    prior: prior.as_ref(),
+                    hashes: &loaded.hashes,
+                    log_dir: &log_dir,
+                    bars,
+                };
+                let result = apply_one(declared, observation, &cx).await;
                 (
                     i,
                     result.map(|outputs| (outputs, started.elapsed().as_secs_f64())),
@@ -259,6 +269,7 @@ pub async fn run(
         outcomes.push((change.address.clone(), outcome));
     }
 
+    loaded.hashes.save();
     dirty |= record_converged(loaded, plan, observations, state);
     if dirty {
         loaded.state_file.save(state)?;
@@ -313,20 +324,21 @@ pub fn record_converged(
 async fn apply_one(
     declared: &crate::spec::Declared,
     observation: &Observation,
-    prior: Option<&ResourceState>,
-    log_dir: &std::path::Path,
+    cx: &ApplyContext<'_>,
 ) -> Result<Outputs, ResourceError> {
     let resource = &declared.resource;
-    let cx = ApplyContext { prior, log_dir };
-    let mut outputs = resource.apply(observation, &cx).await?;
+    let mut outputs = resource.apply(observation, cx).await?;
     let after = resource
         .observe(&ObserveContext {
-            prior,
+            spec: cx.spec,
+            address: cx.address,
+            prior: cx.prior,
+            hashes: cx.hashes,
             refresh: false,
             verify: false,
         })
         .await?;
-    let diff = resource.diff(&after, prior);
+    let diff = resource.diff(&after, cx.prior);
     if diff.action.is_change() {
         return Err(ResourceError::new(format!(
             "applied, but it still differs from the spec: {}",

@@ -7,6 +7,7 @@ use futures_util::stream;
 
 use crate::diagnostic::{Problem, SpecErrors};
 use crate::graph::Graph;
+use crate::hashcache::HashCache;
 use crate::lint;
 use crate::plan::{
     Action, Diff, PLAN_FORMAT, Plan, PlanBasis, PlanError, PlanWarning, PlannedChange,
@@ -40,6 +41,8 @@ pub struct Loaded {
     pub graph: Graph,
     pub warnings: Vec<Problem>,
     pub state_file: StateFile,
+    /// File digests by file identity (`.plasma/hash-cache.json`).
+    pub hashes: HashCache,
 }
 
 /// Load, resolve and lint. Lint errors fail like load errors; warnings are returned.
@@ -60,11 +63,13 @@ pub fn load(spec_path: &Path, state_path: Option<&Path>) -> Result<Loaded, Engin
         },
         None => StateFile::beside(&spec.dir),
     };
+    let hashes = HashCache::load(&state_file.dir().join("hash-cache.json"));
     Ok(Loaded {
         spec,
         graph,
         warnings,
         state_file,
+        hashes,
     })
 }
 
@@ -95,17 +100,23 @@ pub async fn observe(
                 return None;
             }
             let cx = ObserveContext {
+                spec,
+                address: &declared.address,
                 prior,
+                hashes: &loaded.hashes,
                 refresh,
                 verify,
             };
             Some(declared.resource.observe(&cx).await)
         }
     });
-    stream::iter(tasks)
+    let observations = stream::iter(tasks)
         .buffered(OBSERVE_CONCURRENCY)
         .collect()
-        .await
+        .await;
+    // Digests learnt while observing are kept, so they are computed once.
+    loaded.hashes.save();
+    observations
 }
 
 /// Selection of resources: everything, or `--target`s with what they depend on.

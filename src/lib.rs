@@ -14,6 +14,7 @@ pub mod format;
 pub mod fsutil;
 pub mod git;
 pub mod graph;
+pub mod hashcache;
 pub mod hashing;
 pub mod lint;
 pub mod plan;

@@ -40,16 +40,6 @@ pub struct ResourceState {
     pub applied_at: u64,
 }
 
-/// A cached file digest, valid while the file's identity is unchanged.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-pub struct CachedHash {
-    pub dev: u64,
-    pub ino: u64,
-    pub size: u64,
-    pub mtime_ns: i128,
-    pub sha256: String,
-}
-
 /// The whole state file.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct State {
@@ -61,9 +51,6 @@ pub struct State {
     pub plasma_version: String,
     #[serde(default)]
     pub resources: BTreeMap<String, ResourceState>,
-    /// File digests keyed by path.
-    #[serde(default)]
-    pub hash_cache: BTreeMap<String, CachedHash>,
 }
 
 impl State {
@@ -74,7 +61,6 @@ impl State {
             lineage: fsutil::random_hex(16),
             plasma_version: env!("CARGO_PKG_VERSION").to_string(),
             resources: BTreeMap::new(),
-            hash_cache: BTreeMap::new(),
         }
     }
 }

@@ -263,7 +263,7 @@ fn two_concurrent_applies_never_interleave() {
     let sb = Sandbox::new();
     sb.spec(&many_files_spec(400, "v"));
     let spawn = || {
-        sb.command(&["apply", "--yes", "--lock-timeout", "60s"])
+        sb.command(&["apply", "--yes", "--lock-timeout", "600s"])
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())
             .spawn()

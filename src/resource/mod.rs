@@ -11,9 +11,11 @@ use async_trait::async_trait;
 use serde::Serialize;
 use serde_json::{Map, Value};
 
+use crate::hashcache::HashCache;
 use crate::lint::{Lint, LintContext};
 use crate::plan::Diff;
 use crate::spec::reader::NodeReader;
+use crate::spec::{Address, Spec};
 use crate::state::ResourceState;
 
 pub mod file;
@@ -51,20 +53,48 @@ impl ResourceError {
     }
 }
 
-/// What observation may consult: the previous apply's record and the flags of the run.
+/// What observation may consult: the spec, the previous apply's record, the
+/// hash cache and the flags of the run.
 pub struct ObserveContext<'a> {
+    pub spec: &'a Spec,
+    pub address: &'a Address,
     pub prior: Option<&'a ResourceState>,
+    pub hashes: &'a HashCache,
     /// `--refresh`: observation may use the network to look for upstream changes.
     pub refresh: bool,
     /// `--verify`: re-check content that is otherwise trusted from a cache.
     pub verify: bool,
 }
 
+impl ObserveContext<'_> {
+    /// Another resource of the spec, for kinds that build on one (a custom
+    /// node on its ComfyUI repo and venv): downcast with `as_any`.
+    pub fn resource(&self, address: &Address) -> Option<&dyn Resource> {
+        self.spec.get(address).map(|d| d.resource.as_ref())
+    }
+}
+
 /// What apply may use besides the observation.
 pub struct ApplyContext<'a> {
+    pub spec: &'a Spec,
+    pub address: &'a Address,
     pub prior: Option<&'a ResourceState>,
+    pub hashes: &'a HashCache,
     /// Where subprocess output goes (`.plasma/logs/`).
     pub log_dir: &'a Path,
+    /// Progress bars for long work (downloads, installs); drawn on a terminal only.
+    pub bars: &'a indicatif::MultiProgress,
+}
+
+impl ApplyContext<'_> {
+    /// This resource's log file, `.plasma/logs/<address>.log`.
+    pub fn log_file(&self) -> PathBuf {
+        self.log_dir.join(format!("{}.log", self.address))
+    }
+
+    pub fn resource(&self, address: &Address) -> Option<&dyn Resource> {
+        self.spec.get(address).map(|d| d.resource.as_ref())
+    }
 }
 
 /// A resource kind with a typed observation.
