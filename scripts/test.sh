@@ -14,4 +14,4 @@ git --version
 python3 --version
 uv --version
 
-cargo test --all-targets
+cargo test
