@@ -48,12 +48,20 @@ pub const PLATFORM_MISMATCH: Rule = Rule {
     summary: "the spec's `platform` says it is for another kind of machine",
 };
 
+pub const SUBMODULES_NOT_INITIALISED: Rule = Rule {
+    code: "submodules-not-initialised",
+    severity: Severity::Warning,
+    summary: "a clone whose submodules are not initialised has empty folders where code \
+              belongs (kohya_ss's sd-scripts was silently empty)",
+};
+
 /// Every rule, so `allow` can be checked.
 pub const RULES: &[&Rule] = &[
     &FP16_ON_MPS,
     &CPU_WITH_ACCELERATOR,
     &PATH_OWNED_TWICE,
     &PLATFORM_MISMATCH,
+    &SUBMODULES_NOT_INITIALISED,
 ];
 
 impl Rule {

@@ -296,6 +296,32 @@ impl Git {
         Ok(())
     }
 
+    /// What [`Git::reset_hard_and_clean`] would delete, without deleting anything:
+    /// `git clean -nd` in the repository and in each checked-out submodule, as
+    /// paths relative to `path` (`notes.txt`, `venv/`, `sd-scripts/scratch.py`).
+    /// Ignored files are kept by the clean, so they are not listed.
+    pub fn clean_preview(&self, path: &Path) -> Result<Vec<String>, GitError> {
+        self.require_work_tree(path)?;
+        let mut would_remove = Vec::new();
+        let out = self.run(Some(path), &["clean", "-nd"])?;
+        would_remove.extend(removals(&out.stdout_text()));
+        if path.join(".gitmodules").exists() {
+            // `$displaypath` is the submodule's path relative to `path`, nested ones too.
+            let out = self.run(
+                Some(path),
+                &[
+                    "submodule",
+                    "--quiet",
+                    "foreach",
+                    "--recursive",
+                    "git clean -nd | sed \"s|^Would remove |Would remove $displaypath/|\"",
+                ],
+            )?;
+            would_remove.extend(removals(&out.stdout_text()));
+        }
+        Ok(would_remove)
+    }
+
     /// Points `origin` at `url`, adding the remote if there is none.
     pub fn set_remote_url(&self, path: &Path, url: &str) -> Result<(), GitError> {
         validate_url(url)?;
@@ -325,6 +351,15 @@ impl Git {
             reason: out.stderr,
         }
     }
+}
+
+/// The paths of `git clean -n` output (`Would remove notes.txt`).
+fn removals(output: &str) -> Vec<String> {
+    output
+        .lines()
+        .filter_map(|l| l.strip_prefix("Would remove "))
+        .map(str::to_string)
+        .collect()
 }
 
 fn looks_like_commit_hash(rev: &str) -> bool {

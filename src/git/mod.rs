@@ -34,6 +34,7 @@ pub use observe::{
 };
 pub use redact::{redact_text, redact_url};
 pub use resolve::{Resolved, RevKind};
+pub(crate) use resolve::validate_rev;
 
 /// How to run git. `Git::default()` runs `git` from `PATH`; the other settings
 /// exist for tests and unusual machines.
