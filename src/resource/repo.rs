@@ -684,6 +684,22 @@ impl Checkout {
             git.checkout(path, &commit, self.on_dirty == OnDirty::Reset)
                 .map_err(git_error)?;
         }
+        if moved && !tree.submodules.is_empty() {
+            // Under `keep`, a dropped submodule with edits inside stays as it is.
+            let keep: Vec<String> = match self.on_dirty {
+                OnDirty::Keep => tree.changes.listed.iter().map(|c| c.path.clone()).collect(),
+                _ => Vec::new(),
+            };
+            let removed = git
+                .remove_dropped_submodules(path, &tree.submodules, &keep)
+                .map_err(git_error)?;
+            if !removed.is_empty() {
+                log.line(&format!(
+                    "removed the folders of submodules {rev} does not have: {}",
+                    removed.join(", ")
+                ));
+            }
+        }
         let submodules_off = tree.submodules.iter().any(|s| !s.state.is_converged());
         if self.submodules && (moved || submodules_off) {
             log.line("git submodule update --init --recursive");
