@@ -51,7 +51,8 @@ fn clone_at_a_tag_with_nested_submodules_records_the_commit_and_shows_it() {
         plan.stdout
     );
     assert!(
-        plan.stdout.contains("+ submodules: initialised recursively"),
+        plan.stdout
+            .contains("+ submodules: initialised recursively"),
         "{}",
         plan.stdout
     );
@@ -81,7 +82,11 @@ fn clone_at_a_tag_with_nested_submodules_records_the_commit_and_shows_it() {
         format!("sd-scripts/libs/nested: {}", fx.n1),
         "rev_kind: tag".to_string(),
     ] {
-        assert!(show.stdout.contains(&expected), "{expected}\n{}", show.stdout);
+        assert!(
+            show.stdout.contains(&expected),
+            "{expected}\n{}",
+            show.stdout
+        );
     }
 }
 
@@ -155,8 +160,19 @@ fn a_second_apply_is_a_no_op_and_spawns_nothing_that_writes() {
             "the second apply ran `git {writer}`:\n{calls}"
         );
     }
-    // Observation: one status, one ls-tree per repository with submodules.
-    assert!(calls.contains("status"), "{calls}");
+    // Observation: one status, one ls-tree per repository with submodules; the
+    // tag is not even looked up, since HEAD is the commit state recorded for it.
+    assert_eq!(
+        calls.lines().filter(|c| c.contains("status")).count(),
+        1,
+        "{calls}"
+    );
+    assert_eq!(
+        calls.lines().filter(|c| c.contains("ls-tree")).count(),
+        2,
+        "{calls}"
+    );
+    assert!(!calls.contains("for-each-ref"), "{calls}");
     assert_eq!(
         sb.read(".plasma/state.json"),
         state_before,
@@ -172,7 +188,10 @@ fn moving_to_another_tag_shows_both_revs_and_updates_submodules() {
     let clone = sb.path("tools/kohya_ss");
     sb.run(&["apply", "--yes"]).code(0);
     assert_eq!(head(&clone), fx.c1);
-    assert!(!clone.join("sd-scripts").exists(), "v0.3.26 has no submodule");
+    assert!(
+        !clone.join("sd-scripts").exists(),
+        "v0.3.26 has no submodule"
+    );
 
     sb.spec(&repo_spec(&fx.file_url(), "v0.3.27", ""));
     let plan = sb.run(&["plan", "--detailed-exitcode"]);
@@ -327,7 +346,9 @@ fn a_hand_edit_under_on_dirty_fail_is_a_plan_error_naming_the_three_choices() {
     plan.code(1);
     assert!(
         plan.stdout.contains("Error: repo.kohya:")
-            && plan.stdout.contains("has local changes: M main.py, ?? notes.txt"),
+            && plan
+                .stdout
+                .contains("has local changes: M main.py, ?? notes.txt"),
         "{}",
         plan.stdout
     );
@@ -357,7 +378,8 @@ fn a_hand_edit_under_on_dirty_keep_is_left_and_a_conflicting_move_is_refused() {
     sb.spec(&repo_spec(&fx.file_url(), "v0.3.27", keep));
     let plan = sb.run(&["plan"]);
     assert!(
-        plan.stdout.contains("local changes are kept (?? notes.txt)"),
+        plan.stdout
+            .contains("local changes are kept (?? notes.txt)"),
         "{}",
         plan.stdout
     );
@@ -440,7 +462,12 @@ fn the_seeds_empty_submodule_is_reported_by_plan_and_drift_and_fixed_by_apply() 
         &["clone", "-q", &fx.file_url(), clone.to_str().unwrap()],
     );
     git(&clone, &["checkout", "-q", "v0.3.27"]);
-    assert!(fs::read_dir(clone.join("sd-scripts")).unwrap().next().is_none());
+    assert!(
+        fs::read_dir(clone.join("sd-scripts"))
+            .unwrap()
+            .next()
+            .is_none()
+    );
     sb.spec(&repo_spec(&fx.file_url(), "v0.3.27", ""));
 
     let plan = sb.run(&["plan", "--detailed-exitcode"]);
@@ -458,7 +485,9 @@ fn the_seeds_empty_submodule_is_reported_by_plan_and_drift_and_fixed_by_apply() 
     let drift = sb.run(&["drift"]);
     drift.code(2);
     assert!(
-        drift.stdout.contains("submodule sd-scripts is not initialised"),
+        drift
+            .stdout
+            .contains("submodule sd-scripts is not initialised"),
         "{}",
         drift.stdout
     );
@@ -496,7 +525,11 @@ fn a_wrong_remote_url_is_another_repository_unless_plasma_set_it() {
         "{}",
         plan.stdout
     );
-    assert!(plan.stdout.contains("remote set-url origin"), "{}", plan.stdout);
+    assert!(
+        plan.stdout.contains("remote set-url origin"),
+        "{}",
+        plan.stdout
+    );
     sb.run(&["apply", "--yes"]).code(1);
     fs::remove_dir_all(&clone).unwrap();
 
@@ -634,7 +667,11 @@ fn credentials_in_the_url_never_reach_output_state_or_logs() {
         let text = all_output(run);
         assert!(!text.contains("s3cr3t"), "{text}");
     }
-    assert!(apply.stderr.contains("https://***@127.0.0.1:1"), "{}", apply.stderr);
+    assert!(
+        apply.stderr.contains("https://***@127.0.0.1:1"),
+        "{}",
+        apply.stderr
+    );
     let log = sb.read(".plasma/logs/repo.kohya.log");
     assert!(log.contains("failed:") && !log.contains("s3cr3t"), "{log}");
 }
@@ -685,7 +722,11 @@ fn submodules_off_is_a_lint_warning_that_can_be_allowed() {
     ));
     let run = sb.run(&["validate"]);
     run.code(0);
-    assert!(!run.stderr.contains("submodules-not-initialised"), "{}", run.stderr);
+    assert!(
+        !run.stderr.contains("submodules-not-initialised"),
+        "{}",
+        run.stderr
+    );
 }
 
 #[test]

@@ -33,8 +33,8 @@ pub use observe::{
     SubmoduleObservation, SubmoduleState, WorkTree,
 };
 pub use redact::{redact_text, redact_url};
-pub use resolve::{Resolved, RevKind};
 pub(crate) use resolve::validate_rev;
+pub use resolve::{Resolved, RevKind};
 
 /// How to run git. `Git::default()` runs `git` from `PATH`; the other settings
 /// exist for tests and unusual machines.

@@ -214,8 +214,8 @@ impl Checkout {
             }
             // A relative or `~` path is a local repository: resolve it like any
             // path of the spec, since git would resolve it against its own cwd.
-            let local = !u.value.contains("://")
-                && (u.value.starts_with('.') || u.value.starts_with('~'));
+            let local =
+                !u.value.contains("://") && (u.value.starts_with('.') || u.value.starts_with('~'));
             let value = if local {
                 r.cx.resolve_path(&u.value).display().to_string()
             } else {
@@ -328,9 +328,7 @@ impl Checkout {
                 });
             }
             RepoObservation::NotARepository { .. } => {
-                return Err(git_error(
-                    found.require_repository(&self.path).unwrap_err(),
-                ));
+                return Err(git_error(found.require_repository(&self.path).unwrap_err()));
             }
             RepoObservation::Repository(tree) => tree,
         };
@@ -499,11 +497,8 @@ impl Checkout {
                     diff = diff.attribute("depth", None, Some(depth.to_string()));
                 }
                 if self.submodules {
-                    diff = diff.attribute(
-                        "submodules",
-                        None,
-                        Some("initialised recursively".into()),
-                    );
+                    diff =
+                        diff.attribute("submodules", None, Some("initialised recursively".into()));
                 }
                 return diff;
             }
@@ -655,7 +650,10 @@ impl Checkout {
             RepoObservation::Repository(tree) => tree,
         };
         if observed.url_changes {
-            log.line(&format!("git remote set-url origin {}", self.url.redacted()));
+            log.line(&format!(
+                "git remote set-url origin {}",
+                self.url.redacted()
+            ));
             git.set_remote_url(path, url).map_err(git_error)?;
         }
         let dirty = tree.changes.total > 0;
