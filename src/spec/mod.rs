@@ -173,7 +173,7 @@ pub fn load(path: &Path, text: String) -> Result<Spec, SpecErrors> {
     let mut vars = Vars::default();
     let mut platform = Platform::default();
     let mut platform_span = None;
-    let resources;
+    let mut resources: Vec<Declared>;
     {
         let bootstrap = Vars::default();
         let cx = LoadContext {
