@@ -185,7 +185,7 @@ impl From<crate::state::StateError> for Failure {
     }
 }
 
-type Outcome2 = Result<u8, Failure>;
+type CommandResult = Result<u8, Failure>;
 
 struct Env {
     cli_file: Option<PathBuf>,
@@ -238,7 +238,7 @@ pub fn main() -> ExitCode {
     }
 }
 
-async fn dispatch(command: Command, env: &Env) -> Outcome2 {
+async fn dispatch(command: Command, env: &Env) -> CommandResult {
     match command {
         Command::Init { force } => init(force),
         Command::Validate { json } => validate(env, json),
@@ -296,7 +296,7 @@ fn load(env: &Env) -> Result<Loaded, Failure> {
     Ok(loaded)
 }
 
-fn init(force: bool) -> Outcome2 {
+fn init(force: bool) -> CommandResult {
     let path = PathBuf::from(crate::spec::SPEC_FILE);
     if path.exists() && !force {
         return Err(Failure::Message(format!(
@@ -315,7 +315,7 @@ fn init(force: bool) -> Outcome2 {
 
 const STARTER: &str = include_str!("starter.kdl");
 
-fn validate(env: &Env, json: bool) -> Outcome2 {
+fn validate(env: &Env, json: bool) -> CommandResult {
     let path = spec_path(env)?;
     match engine::load(&path, env.state.as_deref()) {
         Ok(loaded) => {
@@ -343,7 +343,7 @@ fn validate(env: &Env, json: bool) -> Outcome2 {
     }
 }
 
-fn fmt(env: &Env, check: bool) -> Outcome2 {
+fn fmt(env: &Env, check: bool) -> CommandResult {
     let path = spec_path(env)?;
     let text = std::fs::read_to_string(&path)
         .map_err(|e| Failure::Message(format!("cannot read {}: {e}", path.display())))?;
@@ -392,7 +392,7 @@ async fn plan(
     out: Option<&Path>,
     detailed: bool,
     json: bool,
-) -> Outcome2 {
+) -> CommandResult {
     let (_, _, plan, _) = make_plan(env, observe).await?;
     if json {
         print_json(&plan);
@@ -427,7 +427,7 @@ async fn apply(
     yes: bool,
     options: &ApplyOptions,
     lock_timeout: Duration,
-) -> Outcome2 {
+) -> CommandResult {
     let loaded = load(env)?;
     let _lock = loaded.state_file.lock(lock_timeout, "apply")?;
     let state = loaded.state_file.load()?;
@@ -485,7 +485,7 @@ async fn apply_saved(
     file: &Path,
     options: &ApplyOptions,
     lock_timeout: Duration,
-) -> Outcome2 {
+) -> CommandResult {
     let text = std::fs::read(file)
         .map_err(|e| Failure::Message(format!("cannot read the plan {}: {e}", file.display())))?;
     let saved: Plan = serde_json::from_slice(&text).map_err(|e| {
@@ -614,7 +614,7 @@ async fn run_apply(
     observations: &[Option<Observation>],
     state: Option<State>,
     options: &ApplyOptions,
-) -> Outcome2 {
+) -> CommandResult {
     let mut state = state.unwrap_or_default();
     let printer = Printer { style: env.style };
     println!();
@@ -655,7 +655,7 @@ async fn run_apply(
     })
 }
 
-async fn drift(env: &Env, verify: bool, json: bool) -> Outcome2 {
+async fn drift(env: &Env, verify: bool, json: bool) -> CommandResult {
     let observe = ObserveArgs {
         verify,
         ..ObserveArgs::default()
@@ -676,7 +676,7 @@ async fn drift(env: &Env, verify: bool, json: bool) -> Outcome2 {
     })
 }
 
-async fn show(env: &Env, address: &str, json: bool) -> Outcome2 {
+async fn show(env: &Env, address: &str, json: bool) -> CommandResult {
     let loaded = load(env)?;
     let state = loaded.state_file.load()?;
     let Some(index) = loaded
@@ -772,7 +772,7 @@ fn print_value(value: &serde_json::Value, depth: usize) {
     }
 }
 
-fn state_command(env: &Env, cmd: StateCommand) -> Outcome2 {
+fn state_command(env: &Env, cmd: StateCommand) -> CommandResult {
     let spec = spec_path(env)?;
     let state_file = match &env.state {
         Some(p) => crate::state::StateFile { path: p.clone() },

@@ -407,3 +407,64 @@ mod schemas {
         assert_eq!(c["reason"], "the link does not exist");
     }
 }
+
+#[test]
+fn ctrl_c_finishes_running_work_writes_state_and_exits_130() {
+    let sb = Sandbox::new();
+    let count = 3000;
+    let mut spec = String::new();
+    for i in 0..count {
+        spec.push_str(&format!(
+            "file f{i} {{\n    path \"out/f{i}.txt\"\n    content \"{i}\\n\"\n}}\n"
+        ));
+    }
+    sb.spec(&spec);
+    // The signal must land while apply walks the graph: after loading and
+    // observing, before the last file. Try a few delays; an attempt whose
+    // signal landed too early (plasma killed by the default handler) or
+    // too late (exit 0) proves nothing and is retried.
+    let mut interrupted = false;
+    for delay in [150, 300, 600, 1000, 1500, 2500] {
+        let _ = std::fs::remove_dir_all(sb.path("out"));
+        let _ = std::fs::remove_dir_all(sb.path(".plasma"));
+        // Output goes to files: a pipe nobody drains would stall plasma.
+        let stdout = std::fs::File::create(sb.path("stdout.log")).unwrap();
+        let stderr = std::fs::File::create(sb.path("stderr.log")).unwrap();
+        let mut child = sb
+            .command(&["apply", "--yes", "--parallelism", "1"])
+            .stdout(stdout)
+            .stderr(stderr)
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(delay));
+        // SAFETY: kill(2) with a pid we own and a valid signal number.
+        unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+        let status = child.wait().unwrap();
+        if status.code() != Some(130) {
+            continue;
+        }
+        interrupted = true;
+        let stderr = sb.read("stderr.log");
+        assert!(
+            stderr.contains("Interrupted: finishing what is running, then writing state."),
+            "{stderr}"
+        );
+        let stdout = sb.read("stdout.log");
+        assert!(stdout.contains("Apply incomplete:"), "{stdout}");
+        // What was applied before the interrupt is in the state, and only that.
+        let state = sb.state();
+        let recorded = state["resources"].as_object().unwrap();
+        assert!(
+            recorded.len() < count,
+            "the interrupt stopped the walk early"
+        );
+        for address in recorded.keys() {
+            let i: usize = address.trim_start_matches("file.f").parse().unwrap();
+            assert_eq!(sb.read(&format!("out/f{i}.txt")), format!("{i}\n"));
+        }
+        break;
+    }
+    assert!(interrupted, "no SIGINT landed during the walk");
+    sb.run(&["apply", "--yes"]).code(0);
+    sb.run(&["plan", "--detailed-exitcode"]).code(0);
+}

@@ -134,6 +134,26 @@ pub trait Kind: Send + Sync + 'static {
     fn lint(&self, _cx: &LintContext<'_>) -> Vec<Lint> {
         Vec::new()
     }
+
+    /// Called once after the whole spec is loaded, for kinds that take
+    /// something from the resources they reference (a custom node's folder
+    /// lies inside its ComfyUI repo).
+    fn resolve(&mut self, _others: &Others<'_>) {}
+}
+
+/// The other resources of a spec, as seen from one being resolved.
+pub struct Others<'a> {
+    pub resources: Vec<(&'a Address, &'a dyn Resource)>,
+}
+
+impl Others<'_> {
+    /// The resource at `address`, as its concrete kind.
+    pub fn get<K: 'static>(&self, address: &Address) -> Option<&K> {
+        self.resources
+            .iter()
+            .find(|(a, _)| *a == address)
+            .and_then(|(_, r)| r.as_any().downcast_ref::<K>())
+    }
 }
 
 /// An observation with its type erased, plus what the engine needs of it.
@@ -159,6 +179,7 @@ pub trait Resource: Send + Sync {
     ) -> Result<Outputs, ResourceError>;
     fn outputs(&self, observed: &Observation) -> Outputs;
     fn lint(&self, cx: &LintContext<'_>) -> Vec<Lint>;
+    fn resolve(&mut self, others: &Others<'_>);
     fn as_any(&self) -> &dyn Any;
 }
 
@@ -208,6 +229,10 @@ impl<K: Kind> Resource for K {
 
     fn lint(&self, cx: &LintContext<'_>) -> Vec<Lint> {
         Kind::lint(self, cx)
+    }
+
+    fn resolve(&mut self, others: &Others<'_>) {
+        Kind::resolve(self, others)
     }
 
     fn as_any(&self) -> &dyn Any {
