@@ -842,3 +842,47 @@ impl Kind for Repo {
         self.checkout.lint(cx)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_of_one_repository_compare_equal_without_trailing_slash_or_dot_git() {
+        assert!(same_repository(
+            "https://github.com/comfyanonymous/ComfyUI",
+            "https://github.com/comfyanonymous/ComfyUI.git/"
+        ));
+        assert!(!same_repository(
+            "https://github.com/comfyanonymous/ComfyUI.git",
+            "https://github.com/fork/ComfyUI.git"
+        ));
+    }
+
+    #[test]
+    fn only_paths_and_file_urls_are_local() {
+        assert!(is_local_url("file:///srv/git/x.git"));
+        assert!(is_local_url("/srv/git/x"));
+        assert!(!is_local_url("https://github.com/x/y.git"));
+        assert!(!is_local_url("git@github.com:x/y.git"));
+    }
+
+    #[test]
+    fn git_advice_becomes_the_help_line() {
+        let e = git_error(GitError::Unreachable {
+            url: "https://example.com/x.git".into(),
+            reason: "connection refused".into(),
+        });
+        assert_eq!(
+            e.message,
+            "cannot reach the repository https://example.com/x.git: connection refused"
+        );
+        assert!(e.help.unwrap().starts_with("Check that the URL is right"));
+        let e = git_error(GitError::RevNotFound {
+            rev: "v9".into(),
+            url: "u".into(),
+            nearest: vec!["v1".into()],
+        });
+        assert!(e.help.unwrap().contains("set `rev`"));
+    }
+}
