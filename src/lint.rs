@@ -48,12 +48,28 @@ pub const PLATFORM_MISMATCH: Rule = Rule {
     summary: "the spec's `platform` says it is for another kind of machine",
 };
 
+pub const PICKLE_MODEL: Rule = Rule {
+    code: "pickle-model",
+    severity: Severity::Error,
+    summary: "a .ckpt/.pth/.pt/.bin model is a Python pickle, and loading one can run \
+              arbitrary code: it needs `allow-pickle #true`",
+};
+
+pub const UNPINNED_MODEL: Rule = Rule {
+    code: "unpinned-model",
+    severity: Severity::Warning,
+    summary: "a model without `sha256` trusts whatever the server sends the first time \
+              (the digest is recorded then; `plasma pin` writes it into the spec)",
+};
+
 /// Every rule, so `allow` can be checked.
 pub const RULES: &[&Rule] = &[
     &FP16_ON_MPS,
     &CPU_WITH_ACCELERATOR,
     &PATH_OWNED_TWICE,
     &PLATFORM_MISMATCH,
+    &PICKLE_MODEL,
+    &UNPINNED_MODEL,
 ];
 
 impl Rule {
