@@ -185,10 +185,7 @@ pub fn run(spec: &Spec) -> Vec<Problem> {
 
 /// The spec says what machine it is for; say so when this is not it.
 fn platform_mismatch(spec: &Spec) -> Option<Problem> {
-    let this_os = match std::env::consts::OS {
-        "macos" => "macos",
-        other => other,
-    };
+    let this_os = std::env::consts::OS;
     let this_arch = std::env::consts::ARCH;
     let os = spec.platform.os.as_ref();
     let arch = spec.platform.arch.as_ref();

@@ -23,7 +23,8 @@ pub struct Pinned {
 /// name is in `digests`. Models that already have a `sha256` are left alone,
 /// even when it differs (that is drift for `plan`, not something to paper over).
 pub fn pin_text(text: &str, digests: &BTreeMap<String, Sha256Digest>) -> Result<Pinned, String> {
-    let document = KdlDocument::parse_v2(text).map_err(|e| format!("the spec does not parse: {e}"))?;
+    let document =
+        KdlDocument::parse_v2(text).map_err(|e| format!("the spec does not parse: {e}"))?;
     let mut edits: Vec<(usize, String)> = Vec::new();
     let mut pinned = Vec::new();
     for node in document.nodes() {
@@ -44,7 +45,11 @@ pub fn pin_text(text: &str, digests: &BTreeMap<String, Sha256Digest>) -> Result<
         let Some(children) = node.children() else {
             continue;
         };
-        if children.nodes().iter().any(|c| c.name().value() == "sha256") {
+        if children
+            .nodes()
+            .iter()
+            .any(|c| c.name().value() == "sha256")
+        {
             continue;
         }
         let anchor = children
@@ -57,7 +62,7 @@ pub fn pin_text(text: &str, digests: &BTreeMap<String, Sha256Digest>) -> Result<
         pinned.push((name.to_string(), *digest));
     }
     // From the end backwards, so earlier offsets stay valid.
-    edits.sort_by(|a, b| b.0.cmp(&a.0));
+    edits.sort_by_key(|edit| std::cmp::Reverse(edit.0));
     let mut out = text.to_string();
     for (offset, line) in edits {
         out.insert_str(offset, &line);
@@ -98,7 +103,10 @@ mod tests {
     #[test]
     fn inserts_after_path_keeping_everything_else() {
         let text = "// my models\nmodel a {\n    url \"https://h/a\" // mirror 1\n    path \"{comfy}/a.safetensors\" // where\n\n    size 3\n}\n\nmodel b {\n  path \"b\"\n  sha256 \"00\"\n}\n";
-        let digests = BTreeMap::from([("a".to_string(), digest(0xab)), ("b".to_string(), digest(1))]);
+        let digests = BTreeMap::from([
+            ("a".to_string(), digest(0xab)),
+            ("b".to_string(), digest(1)),
+        ]);
         let pinned = pin_text(text, &digests).unwrap();
         let expected = format!(
             "// my models\nmodel a {{\n    url \"https://h/a\" // mirror 1\n    path \"{{comfy}}/a.safetensors\" // where\n    sha256 \"{}\"\n\n    size 3\n}}\n\nmodel b {{\n  path \"b\"\n  sha256 \"00\"\n}}\n",

@@ -160,11 +160,7 @@ async fn downloads_verifies_converges_and_shows_the_header() {
 
     let show = run(&sb, &["show", "model.ckpt"], &[]).await;
     show.code(0);
-    for line in [
-        "architecture_name: SD 1.5",
-        "tensor_count: 3",
-        "dtype: F16",
-    ] {
+    for line in ["architecture_name: SD 1.5", "tensor_count: 3", "dtype: F16"] {
         assert!(show.stdout.contains(line), "{line}: {}", show.stdout);
     }
 }
@@ -232,6 +228,9 @@ async fn an_interrupted_download_resumes_with_range_and_ends_verified() {
     assert_eq!(to("/slow").len(), 1);
 }
 
+/// A route, the spec lines it needs, the environment, the messages expected.
+type FaultCase<'a> = (&'a str, String, Vec<(&'a str, &'a str)>, Vec<String>);
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn faults_end_with_no_file_and_an_error_the_user_can_act_on() {
     let data = noise(300_000, 2);
@@ -251,7 +250,7 @@ async fn faults_end_with_no_file_and_an_error_the_user_can_act_on() {
     .await;
     let wrong: Vec<u8> = data.iter().map(|b| b ^ 0x5a).collect();
     let pinned = format!("    sha256 \"{}\"\n", sha(&data));
-    let cases: Vec<(&str, String, Vec<(&str, &str)>, Vec<String>)> = vec![
+    let cases: Vec<FaultCase> = vec![
         (
             "/wrong",
             pinned.clone(),
@@ -377,7 +376,8 @@ async fn an_arch_that_disagrees_with_the_header_is_an_error() {
     ));
     let apply = run(&sb, &["apply", "--yes"], &[]).await;
     apply.code(1);
-    let expected = "is a SD 1.5 model by its safetensors header (3 tensors), but the spec says arch sdxl";
+    let expected =
+        "is a SD 1.5 model by its safetensors header (3 tensors), but the spec says arch sdxl";
     assert!(apply.stderr.contains(expected), "{}", apply.stderr);
     assert!(
         apply.stderr.contains("write `arch \"sd15\"`"),
@@ -441,16 +441,8 @@ fn pickles_need_allow_pickle_and_unpinned_models_warn() {
     let run = sb.run(&["validate"]);
     run.code(1);
     assert!(run.stderr.contains("pickle-model"), "{}", run.stderr);
-    assert!(
-        run.stderr.contains("is a pickle (.pth)"),
-        "{}",
-        run.stderr
-    );
-    assert!(
-        run.stderr.contains("allow-pickle #true"),
-        "{}",
-        run.stderr
-    );
+    assert!(run.stderr.contains("is a pickle (.pth)"), "{}", run.stderr);
+    assert!(run.stderr.contains("allow-pickle #true"), "{}", run.stderr);
 
     sb.spec(
         r#"model pose {
@@ -500,7 +492,10 @@ async fn a_wrong_file_at_path_is_drift_with_both_digests_and_apply_replaces_it()
     assert_eq!(change["attributes"][0]["new"], sha(&data));
 
     run(&sb, &["apply", "--yes"], &[]).await.code(0);
-    assert_eq!(std::fs::read(sb.path("models/m.safetensors")).unwrap(), data);
+    assert_eq!(
+        std::fs::read(sb.path("models/m.safetensors")).unwrap(),
+        data
+    );
     run(&sb, &["drift"], &[]).await.code(0);
 }
 
@@ -541,7 +536,11 @@ async fn converged_plans_read_no_bytes_and_verify_catches_silent_corruption() {
     assert_eq!(plan["changes"][0]["attributes"][0]["old"], sha(&rotten));
     let drift = run(&sb, &["drift", "--verify"], &[]).await;
     drift.code(2);
-    assert!(drift.stdout.contains(&sha(&rotten)[..12]), "{}", drift.stdout);
+    assert!(
+        drift.stdout.contains(&sha(&rotten)[..12]),
+        "{}",
+        drift.stdout
+    );
 
     // Repair, then touch: the first plan re-hashes once...
     run(&sb, &["apply", "--yes"], &[]).await.code(0);
@@ -723,14 +722,20 @@ model wrong {{
         seen.push_str(&format!("$ {args:?}\n{}\n{}\n", out.stdout, out.stderr));
     }
     // The runs did reach the places the token could leak through.
-    assert_eq!(std::fs::read(sb.path("models/gated.safetensors")).unwrap(), data);
+    assert_eq!(
+        std::fs::read(sb.path("models/gated.safetensors")).unwrap(),
+        data
+    );
     assert!(
         seen.contains("the token in $HF_TOKEN was sent and rejected"),
         "{seen}"
     );
     assert!(seen.contains("token=REDACTED"), "{seen}");
     assert!(seen.contains("has sha256"), "{seen}");
-    assert!(!seen.contains(TOKEN), "the token leaked into output:\n{seen}");
+    assert!(
+        !seen.contains(TOKEN),
+        "the token leaked into output:\n{seen}"
+    );
 
     let mut files = vec![sb.path("saved.plan")];
     let mut dirs = vec![sb.path(".plasma")];
@@ -748,6 +753,10 @@ model wrong {{
     assert!(files.iter().any(|f| f.ends_with("state.json")));
     for file in files {
         let text = String::from_utf8_lossy(&std::fs::read(&file).unwrap()).into_owned();
-        assert!(!text.contains(TOKEN), "the token leaked into {}", file.display());
+        assert!(
+            !text.contains(TOKEN),
+            "the token leaked into {}",
+            file.display()
+        );
     }
 }

@@ -267,9 +267,12 @@ fn parse_arch(r: &NodeReader<'_, '_>) -> Option<Spanned<Architecture>> {
         Ok(arch) => Some(Spanned::new(arch, text.span)),
         Err(e) => {
             r.fail(
-                Problem::error("spec::unknown-arch", format!("unknown arch `{}`", text.value))
-                    .label(text.span, "not an architecture plasma knows")
-                    .help(e.to_string()),
+                Problem::error(
+                    "spec::unknown-arch",
+                    format!("unknown arch `{}`", text.value),
+                )
+                .label(text.span, "not an architecture plasma knows")
+                .help(e.to_string()),
             );
             None
         }
@@ -279,7 +282,10 @@ fn parse_arch(r: &NodeReader<'_, '_>) -> Option<Spanned<Architecture>> {
 fn check_url(text: &str) -> Result<(), String> {
     match reqwest::Url::parse(text) {
         Ok(url) if matches!(url.scheme(), "http" | "https") => Ok(()),
-        Ok(url) => Err(format!("plasma downloads over http(s), not {}", url.scheme())),
+        Ok(url) => Err(format!(
+            "plasma downloads over http(s), not {}",
+            url.scheme()
+        )),
         Err(e) => Err(e.to_string()),
     }
 }
@@ -390,9 +396,12 @@ impl Kind for Model {
                 Some(summary) => safetensors = Some(summary),
                 None => {
                     let owned = path.clone();
-                    let read = tokio::task::spawn_blocking(move || safetensors::read_header(&owned))
-                        .await
-                        .map_err(|e| ResourceError::new(format!("reading the header stopped: {e}")))?;
+                    let read =
+                        tokio::task::spawn_blocking(move || safetensors::read_header(&owned))
+                            .await
+                            .map_err(|e| {
+                                ResourceError::new(format!("reading the header stopped: {e}"))
+                            })?;
                     match read {
                         Ok(info) => safetensors = Some(HeaderSummary::from_info(&info)),
                         Err(e) => header_error = Some(e.to_string()),
@@ -466,7 +475,11 @@ impl Kind for Model {
                 "the file has {found} bytes, the spec says {}",
                 size.value
             ));
-            diff = diff.attribute("size", Some(found.to_string()), Some(size.value.to_string()));
+            diff = diff.attribute(
+                "size",
+                Some(found.to_string()),
+                Some(size.value.to_string()),
+            );
         }
         if reasons.is_empty() {
             let mut diff = Diff::no_op();
@@ -566,7 +579,10 @@ impl Kind for Model {
             && PICKLE_EXTENSIONS.contains(&ext.as_str())
             && !self.allow_pickle.as_ref().is_some_and(|a| a.value)
         {
-            let span = self.allow_pickle.as_ref().map_or(self.path.span, |a| a.span);
+            let span = self
+                .allow_pickle
+                .as_ref()
+                .map_or(self.path.span, |a| a.span);
             lints.push(lint::PICKLE_MODEL.at(
                 span,
                 format!("{name} is a pickle (.{ext}): loading it can run arbitrary code"),

@@ -349,10 +349,10 @@ impl<'a, 'c> NodeReader<'a, 'c> {
     pub fn opt_size(&self, name: &'static str) -> Option<Spanned<u64>> {
         let child = self.child(name)?;
         let entry = self.single_arg(child, "a size")?;
-        if let KdlValue::Integer(i) = entry.value() {
-            if let Ok(v) = u64::try_from(*i) {
-                return Some(Spanned::new(v, entry.span()));
-            }
+        if let KdlValue::Integer(i) = entry.value()
+            && let Ok(v) = u64::try_from(*i)
+        {
+            return Some(Spanned::new(v, entry.span()));
         }
         let text = self.entry_string(entry)?;
         match parse_size(&text.value) {
