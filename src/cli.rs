@@ -123,6 +123,8 @@ pub enum Command {
     State(StateCommand),
     /// Print the JSON Schema of an output document (plan, drift, state, validate).
     Schema { name: String },
+    /// Write the sha256 recorded at download into plasma.kdl for models that have none.
+    Pin,
 }
 
 #[derive(clap::Args, Debug, Default)]
@@ -271,6 +273,7 @@ async fn dispatch(command: Command, env: &Env) -> CommandResult {
         }
         Command::Show { address, json } => show(env, &address, json).await,
         Command::State(cmd) => state_command(env, cmd),
+        Command::Pin => pin(env),
         Command::Schema { name } => match schema::by_name(&name) {
             Some(text) => {
                 println!("{text}");
@@ -815,6 +818,61 @@ fn state_command(env: &Env, cmd: StateCommand) -> CommandResult {
             Ok(EXIT_OK)
         }
     }
+}
+
+/// `plasma pin`: the digests recorded by trust on first use, written into
+/// the spec with its comments and layout kept.
+fn pin(env: &Env) -> CommandResult {
+    use crate::resource::model::Model;
+    let loaded = load(env)?;
+    let state = loaded.state_file.load()?;
+    let mut digests = std::collections::BTreeMap::new();
+    for declared in &loaded.spec.resources {
+        let Some(model) = declared.resource.as_any().downcast_ref::<Model>() else {
+            continue;
+        };
+        if model.sha256.is_some() {
+            continue;
+        }
+        let address = declared.address.to_string();
+        let recorded = state
+            .as_ref()
+            .and_then(|s| s.resources.get(&address))
+            // Recorded for this path: a digest of another file pins nothing.
+            .filter(|entry| entry.desired.get("path") == Some(&serde_json::json!(model.path.value)))
+            .and_then(|entry| entry.outputs.get("sha256")?.as_str()?.parse().ok());
+        match recorded {
+            Some(digest) => {
+                digests.insert(declared.address.name.clone(), digest);
+            }
+            None => println!(
+                "{address}: no digest recorded yet (run `plasma apply` first, then `plasma pin`)"
+            ),
+        }
+    }
+    let pinned = crate::pin::pin_text(&loaded.spec.text, &digests).map_err(Failure::Message)?;
+    if pinned.pinned.is_empty() {
+        println!("Nothing to pin.");
+        return Ok(EXIT_OK);
+    }
+    // The edited spec must still load before it replaces the user's file.
+    crate::spec::load(&loaded.spec.path, pinned.text.clone()).map_err(|e| {
+        Failure::Message(format!(
+            "pinning would break the spec ({e}); {} was not changed",
+            loaded.spec.path.display()
+        ))
+    })?;
+    let mode = std::fs::metadata(&loaded.spec.path)
+        .ok()
+        .map(|m| std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o7777);
+    fsutil::write_atomic(&loaded.spec.path, pinned.text.as_bytes(), mode).map_err(|e| {
+        Failure::Message(format!("cannot write {}: {e}", loaded.spec.path.display()))
+    })?;
+    for (name, digest) in &pinned.pinned {
+        println!("model.{name}: pinned sha256 {digest}");
+    }
+    println!("Wrote {}.", loaded.spec.path.display());
+    Ok(EXIT_OK)
 }
 
 fn print_json<T: serde::Serialize>(value: &T) {

@@ -55,6 +55,20 @@ pub const SUBMODULES_NOT_INITIALISED: Rule = Rule {
               belongs (kohya_ss's sd-scripts was silently empty)",
 };
 
+pub const PICKLE_MODEL: Rule = Rule {
+    code: "pickle-model",
+    severity: Severity::Error,
+    summary: "a .ckpt/.pth/.pt/.bin model is a Python pickle, and loading one can run \
+              arbitrary code: it needs `allow-pickle #true`",
+};
+
+pub const UNPINNED_MODEL: Rule = Rule {
+    code: "unpinned-model",
+    severity: Severity::Warning,
+    summary: "a model without `sha256` trusts whatever the server sends the first time \
+              (the digest is recorded then; `plasma pin` writes it into the spec)",
+};
+
 /// Every rule, so `allow` can be checked.
 pub const RULES: &[&Rule] = &[
     &FP16_ON_MPS,
@@ -62,6 +76,8 @@ pub const RULES: &[&Rule] = &[
     &PATH_OWNED_TWICE,
     &PLATFORM_MISMATCH,
     &SUBMODULES_NOT_INITIALISED,
+    &PICKLE_MODEL,
+    &UNPINNED_MODEL,
 ];
 
 impl Rule {

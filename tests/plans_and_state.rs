@@ -262,30 +262,26 @@ fn a_waiting_apply_proceeds_once_the_lock_is_released() {
 fn two_concurrent_applies_never_interleave() {
     let sb = Sandbox::new();
     sb.spec(&many_files_spec(400, "v"));
-    let spawn = || {
-        sb.command(&["apply", "--yes", "--lock-timeout", "600s"])
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
+    // Output goes to files: each apply must be able to write while the
+    // other waits (an undrained pipe would stall the lock holder).
+    let spawn = |n: usize| {
+        let out = std::fs::File::create(sb.path(&format!("stdout-{n}.log"))).unwrap();
+        let err = std::fs::File::create(sb.path(&format!("stderr-{n}.log"))).unwrap();
+        sb.command(&["apply", "--yes", "--lock-timeout", "120s"])
+            .stdout(out)
+            .stderr(err)
             .spawn()
             .unwrap()
     };
-    let (first, second) = (spawn(), spawn());
-    let outputs = [
-        first.wait_with_output().unwrap(),
-        second.wait_with_output().unwrap(),
-    ];
-    for out in &outputs {
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+    let mut children = [spawn(0), spawn(1)];
+    for (n, child) in children.iter_mut().enumerate() {
+        let status = child.wait().unwrap();
+        assert!(status.success(), "{}", sb.read(&format!("stderr-{n}.log")));
     }
     // One apply did all the work; the other, serialised behind it, found
     // the machine converged. Interleaved, both would have planned creates.
-    let stdout: Vec<String> = outputs
-        .iter()
-        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+    let stdout: Vec<String> = (0..2)
+        .map(|n| sb.read(&format!("stdout-{n}.log")))
         .collect();
     let created: Vec<bool> = stdout
         .iter()

@@ -20,6 +20,7 @@ use crate::state::ResourceState;
 
 pub mod file;
 pub mod link;
+pub mod model;
 pub mod repo;
 pub mod structured;
 
@@ -248,7 +249,12 @@ fn typed<K: Kind>(observation: &Observation) -> &K::Observed {
 }
 
 /// The names of every kind, for "did you mean".
-pub const KINDS: &[&str] = &[file::File::KIND, link::Link::KIND, repo::Repo::KIND];
+pub const KINDS: &[&str] = &[
+    file::File::KIND,
+    link::Link::KIND,
+    repo::Repo::KIND,
+    model::Model::KIND,
+];
 
 /// Parses a resource node of the given kind; `None` when its fields had errors
 /// (already reported through the reader) or the kind is unknown.
@@ -257,6 +263,7 @@ pub fn parse(kind: &str, reader: &NodeReader<'_, '_>) -> Option<Box<dyn Resource
         file::File::KIND => file::File::parse(reader).map(|r| Box::new(r) as Box<dyn Resource>),
         link::Link::KIND => link::Link::parse(reader).map(|r| Box::new(r) as Box<dyn Resource>),
         repo::Repo::KIND => repo::Repo::parse(reader).map(|r| Box::new(r) as Box<dyn Resource>),
+        model::Model::KIND => model::Model::parse(reader).map(|r| Box::new(r) as Box<dyn Resource>),
         _ => None,
     }
 }
