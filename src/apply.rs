@@ -13,7 +13,7 @@ use futures_util::stream::{FuturesUnordered, StreamExt};
 use crate::engine::Loaded;
 use crate::fsutil;
 use crate::plan::{Action, Plan};
-use crate::resource::{ApplyContext, Observation, ObserveContext, Outputs, ResourceError};
+use crate::resource::{ApplyContext, Observation, ObserveContext, ResourceError};
 use crate::state::{ResourceState, State, StateError};
 
 /// State is written at most this often while resources finish (and always at the end).
@@ -62,7 +62,7 @@ pub trait Progress: Sync {
 pub static INTERRUPTED: AtomicBool = AtomicBool::new(false);
 
 type Task<'a> =
-    Pin<Box<dyn Future<Output = (usize, Result<(Outputs, f64), ResourceError>)> + Send + 'a>>;
+    Pin<Box<dyn Future<Output = (usize, Result<(ResourceState, f64), ResourceError>)> + Send + 'a>>;
 
 /// Applies `plan` using fresh `observations` (index-aligned with the spec).
 pub async fn run(
@@ -160,10 +160,10 @@ pub async fn run(
                     log_dir: &log_dir,
                     bars,
                 };
-                let result = apply_one(declared, observation, &cx).await;
+                let result = apply_one(declared, observation, action, &cx).await;
                 (
                     i,
-                    result.map(|outputs| (outputs, started.elapsed().as_secs_f64())),
+                    result.map(|entry| (entry, started.elapsed().as_secs_f64())),
                 )
             }));
         }
@@ -187,23 +187,9 @@ pub async fn run(
         let declared = &spec.resources[i];
         let address = declared.address.to_string();
         let outcome = match result {
-            Ok((outputs, seconds)) => {
+            Ok((entry, seconds)) => {
                 let action = action_of(i);
-                let created = state.resources.get(&address).is_some_and(|p| p.created)
-                    || action == Action::Create;
-                let desired = declared.resource.desired();
-                state.resources.insert(
-                    address.clone(),
-                    ResourceState {
-                        kind: declared.address.kind.clone(),
-                        desired_digest: digest_of(&desired),
-                        desired,
-                        outputs,
-                        owned_paths: declared.resource.owned_paths(),
-                        created,
-                        applied_at: fsutil::unix_now(),
-                    },
-                );
+                state.resources.insert(address.clone(), entry);
                 dirty = true;
                 finish(i, &mut ready, &mut remaining_deps, &mut blocked, None);
                 Outcome::Applied { action, seconds }
@@ -309,33 +295,46 @@ pub fn record_converged(
     changed
 }
 
-/// Apply one resource, then observe it again: it must now match the spec.
+/// Apply one resource, then observe it again, as the next plan will see it
+/// (with what this apply records): it must now match the spec. Returns the
+/// resource's new state entry.
 async fn apply_one(
     declared: &crate::spec::Declared,
     observation: &Observation,
+    action: Action,
     cx: &ApplyContext<'_>,
-) -> Result<Outputs, ResourceError> {
+) -> Result<ResourceState, ResourceError> {
     let resource = &declared.resource;
-    let mut outputs = resource.apply(observation, cx).await?;
+    let outputs = resource.apply(observation, cx).await?;
+    let desired = resource.desired();
+    let mut entry = ResourceState {
+        kind: declared.address.kind.clone(),
+        desired_digest: digest_of(&desired),
+        desired,
+        outputs,
+        owned_paths: resource.owned_paths(),
+        created: cx.prior.is_some_and(|p| p.created) || action == Action::Create,
+        applied_at: fsutil::unix_now(),
+    };
     let after = resource
         .observe(&ObserveContext {
             spec: cx.spec,
             address: cx.address,
-            prior: cx.prior,
+            prior: Some(&entry),
             hashes: cx.hashes,
             refresh: false,
             verify: false,
         })
         .await?;
-    let diff = resource.diff(&after, cx.prior);
+    let diff = resource.diff(&after, Some(&entry));
     if diff.action.is_change() {
         return Err(ResourceError::new(format!(
             "applied, but it still differs from the spec: {}",
             diff.reason
         )));
     }
-    outputs.extend(resource.outputs(&after));
-    Ok(outputs)
+    entry.outputs.extend(resource.outputs(&after));
+    Ok(entry)
 }
 
 /// `--prune` deletes what plasma created; without it nothing is touched.
