@@ -21,6 +21,7 @@ use crate::state::ResourceState;
 pub mod file;
 pub mod link;
 pub mod structured;
+pub mod venv;
 
 /// Values a resource publishes into state after apply (commits, digests, results).
 pub type Outputs = Map<String, Value>;
@@ -222,7 +223,7 @@ fn typed<K: Kind>(observation: &Observation) -> &K::Observed {
 }
 
 /// The names of every kind, for "did you mean".
-pub const KINDS: &[&str] = &[file::File::KIND, link::Link::KIND];
+pub const KINDS: &[&str] = &[file::File::KIND, link::Link::KIND, venv::Venv::KIND];
 
 /// Parses a resource node of the given kind; `None` when its fields had errors
 /// (already reported through the reader) or the kind is unknown.
@@ -230,6 +231,7 @@ pub fn parse(kind: &str, reader: &NodeReader<'_, '_>) -> Option<Box<dyn Resource
     match kind {
         file::File::KIND => file::File::parse(reader).map(|r| Box::new(r) as Box<dyn Resource>),
         link::Link::KIND => link::Link::parse(reader).map(|r| Box::new(r) as Box<dyn Resource>),
+        venv::Venv::KIND => venv::Venv::parse(reader).map(|r| Box::new(r) as Box<dyn Resource>),
         _ => None,
     }
 }
