@@ -435,3 +435,51 @@ fn with_uv_the_pin_holds_and_a_second_apply_spawns_nothing() {
     assert_eq!(std::fs::read_to_string(&calls).unwrap(), calls_after_first);
     assert_no_secret(&sb, &[&apply, &again]);
 }
+
+// ------------------------------------------------ custom nodes (the lead's API)
+
+#[test]
+fn a_custom_node_installs_through_the_venv_under_its_pins() {
+    use plasma::resource::venv::Venv;
+
+    let (sb, _index) = converged_pip_venv();
+    let spec = plasma::spec::load_file(&sb.path("plasma.kdl")).expect("spec loads");
+    let declared = spec
+        .resources
+        .iter()
+        .find(|r| r.address.to_string() == "venv.app")
+        .unwrap();
+    let venv = declared
+        .resource
+        .as_any()
+        .downcast_ref::<Venv>()
+        .expect("a venv resource");
+    assert_eq!(venv.path(), sb.path("venv"));
+    let log = sb.path(".plasma/logs/custom-node.x.log");
+
+    let node = sb.write("node/requirements.txt", "torchlike>=2.6\nvisionlike\n");
+    let done = venv
+        .install_requirements_blocking(std::slice::from_ref(&node), &log)
+        .expect("installs");
+    assert_eq!(done.overridden.len(), 1, "{done:?}");
+    assert_eq!(done.overridden[0].requirement, "torchlike>=2.6");
+    let installed = packages(venv.path());
+    assert_eq!(installed["torchlike"], "2.5.1");
+    assert_eq!(installed["visionlike"], "0.20.1");
+    // The node's packages are plasma's, not drift.
+    sb.run(&["plan", "--detailed-exitcode"]).code(0);
+
+    let bad = sb.write("bad/requirements.txt", "needs-xformers\n");
+    let before = packages(venv.path());
+    let err = venv
+        .install_requirements_blocking(&[bad], &log)
+        .expect_err("needs a forbidden package");
+    assert!(
+        err.message.contains("forbidden package xformerslike 0.1, pulled in by needs-xformers 1.0 (requested)"),
+        "{}",
+        err.message
+    );
+    assert_eq!(packages(venv.path()), before);
+    let log_text = std::fs::read_to_string(&log).unwrap();
+    assert!(!log_text.contains(SECRET), "{log_text}");
+}
