@@ -81,10 +81,8 @@ pub async fn run(
             .map_or(Action::NoOp, |c| c.diff.action)
     };
 
-    // Resources not in the plan, or with nothing to do, count as done.
     let mut remaining_deps: Vec<usize> =
         (0..n).map(|i| loaded.graph.dependencies(i).len()).collect();
-    let mut done = vec![false; n];
     let mut blocked: Vec<Option<String>> = vec![None; n];
     let mut ready: Vec<usize> = Vec::new();
     let mut outcomes = Vec::new();
@@ -122,10 +120,17 @@ pub async fn run(
             let Some(i) = ready.pop() else { break };
             let address = spec.resources[i].address.to_string();
             let action = action_of(i);
-            if let Some(reason) = blocked[i].clone() {
-                outcomes.push((address.clone(), Outcome::Skipped(reason.clone())));
-                progress.finished(&address, &outcomes.last().expect("just pushed").1);
-                done[i] = true;
+            let observation = observations[i].as_ref();
+            let has_work = action.is_change() && observation.is_some();
+            // Skipped: a dependency failed, or Ctrl-C stopped new work.
+            let skip = blocked[i].clone().or_else(|| {
+                (has_work && INTERRUPTED.load(Ordering::SeqCst))
+                    .then(|| "apply was interrupted".to_string())
+            });
+            if let Some(reason) = skip {
+                let outcome = Outcome::Skipped(reason.clone());
+                progress.finished(&address, &outcome);
+                outcomes.push((address, outcome));
                 finish(
                     i,
                     &mut ready,
@@ -135,30 +140,15 @@ pub async fn run(
                 );
                 continue;
             }
-            let observation = observations[i].as_ref();
-            if !action.is_change() || observation.is_none() {
-                done[i] = true;
+            let Some(observation) = observation.filter(|_| has_work) else {
+                // Nothing to do here: it counts as done.
                 finish(i, &mut ready, &mut remaining_deps, &mut blocked, None);
                 continue;
-            }
-            if INTERRUPTED.load(Ordering::SeqCst) {
-                let reason = "apply was interrupted".to_string();
-                outcomes.push((address.clone(), Outcome::Skipped(reason.clone())));
-                done[i] = true;
-                finish(
-                    i,
-                    &mut ready,
-                    &mut remaining_deps,
-                    &mut blocked,
-                    Some(reason),
-                );
-                continue;
-            }
+            };
             progress.started(&address, action);
             let prior = state.resources.get(&address).cloned();
             let log_dir = log_dir.clone();
             let declared = &spec.resources[i];
-            let observation = observation.expect("checked above");
             let bars = &bars;
             running.push(Box::pin(async move {
                 let started = Instant::now();
@@ -196,7 +186,6 @@ pub async fn run(
         let Some((i, result)) = next else { break };
         let declared = &spec.resources[i];
         let address = declared.address.to_string();
-        done[i] = true;
         let outcome = match result {
             Ok((outputs, seconds)) => {
                 let action = action_of(i);

@@ -123,6 +123,8 @@ pub enum Command {
     State(StateCommand),
     /// Print the JSON Schema of an output document (plan, drift, state, validate).
     Schema { name: String },
+    /// Write the sha256 recorded at download into plasma.kdl for models that have none.
+    Pin,
 }
 
 #[derive(clap::Args, Debug, Default)]
@@ -185,7 +187,7 @@ impl From<crate::state::StateError> for Failure {
     }
 }
 
-type Outcome2 = Result<u8, Failure>;
+type CommandResult = Result<u8, Failure>;
 
 struct Env {
     cli_file: Option<PathBuf>,
@@ -238,7 +240,7 @@ pub fn main() -> ExitCode {
     }
 }
 
-async fn dispatch(command: Command, env: &Env) -> Outcome2 {
+async fn dispatch(command: Command, env: &Env) -> CommandResult {
     match command {
         Command::Init { force } => init(force),
         Command::Validate { json } => validate(env, json),
@@ -271,6 +273,7 @@ async fn dispatch(command: Command, env: &Env) -> Outcome2 {
         }
         Command::Show { address, json } => show(env, &address, json).await,
         Command::State(cmd) => state_command(env, cmd),
+        Command::Pin => pin(env),
         Command::Schema { name } => match schema::by_name(&name) {
             Some(text) => {
                 println!("{text}");
@@ -296,7 +299,7 @@ fn load(env: &Env) -> Result<Loaded, Failure> {
     Ok(loaded)
 }
 
-fn init(force: bool) -> Outcome2 {
+fn init(force: bool) -> CommandResult {
     let path = PathBuf::from(crate::spec::SPEC_FILE);
     if path.exists() && !force {
         return Err(Failure::Message(format!(
@@ -315,7 +318,7 @@ fn init(force: bool) -> Outcome2 {
 
 const STARTER: &str = include_str!("starter.kdl");
 
-fn validate(env: &Env, json: bool) -> Outcome2 {
+fn validate(env: &Env, json: bool) -> CommandResult {
     let path = spec_path(env)?;
     match engine::load(&path, env.state.as_deref()) {
         Ok(loaded) => {
@@ -343,7 +346,7 @@ fn validate(env: &Env, json: bool) -> Outcome2 {
     }
 }
 
-fn fmt(env: &Env, check: bool) -> Outcome2 {
+fn fmt(env: &Env, check: bool) -> CommandResult {
     let path = spec_path(env)?;
     let text = std::fs::read_to_string(&path)
         .map_err(|e| Failure::Message(format!("cannot read {}: {e}", path.display())))?;
@@ -392,7 +395,7 @@ async fn plan(
     out: Option<&Path>,
     detailed: bool,
     json: bool,
-) -> Outcome2 {
+) -> CommandResult {
     let (_, _, plan, _) = make_plan(env, observe).await?;
     if json {
         print_json(&plan);
@@ -427,7 +430,7 @@ async fn apply(
     yes: bool,
     options: &ApplyOptions,
     lock_timeout: Duration,
-) -> Outcome2 {
+) -> CommandResult {
     let loaded = load(env)?;
     let _lock = loaded.state_file.lock(lock_timeout, "apply")?;
     let state = loaded.state_file.load()?;
@@ -485,7 +488,7 @@ async fn apply_saved(
     file: &Path,
     options: &ApplyOptions,
     lock_timeout: Duration,
-) -> Outcome2 {
+) -> CommandResult {
     let text = std::fs::read(file)
         .map_err(|e| Failure::Message(format!("cannot read the plan {}: {e}", file.display())))?;
     let saved: Plan = serde_json::from_slice(&text).map_err(|e| {
@@ -614,7 +617,7 @@ async fn run_apply(
     observations: &[Option<Observation>],
     state: Option<State>,
     options: &ApplyOptions,
-) -> Outcome2 {
+) -> CommandResult {
     let mut state = state.unwrap_or_default();
     let printer = Printer { style: env.style };
     println!();
@@ -655,7 +658,7 @@ async fn run_apply(
     })
 }
 
-async fn drift(env: &Env, verify: bool, json: bool) -> Outcome2 {
+async fn drift(env: &Env, verify: bool, json: bool) -> CommandResult {
     let observe = ObserveArgs {
         verify,
         ..ObserveArgs::default()
@@ -676,7 +679,7 @@ async fn drift(env: &Env, verify: bool, json: bool) -> Outcome2 {
     })
 }
 
-async fn show(env: &Env, address: &str, json: bool) -> Outcome2 {
+async fn show(env: &Env, address: &str, json: bool) -> CommandResult {
     let loaded = load(env)?;
     let state = loaded.state_file.load()?;
     let Some(index) = loaded
@@ -772,7 +775,7 @@ fn print_value(value: &serde_json::Value, depth: usize) {
     }
 }
 
-fn state_command(env: &Env, cmd: StateCommand) -> Outcome2 {
+fn state_command(env: &Env, cmd: StateCommand) -> CommandResult {
     let spec = spec_path(env)?;
     let state_file = match &env.state {
         Some(p) => crate::state::StateFile { path: p.clone() },
@@ -815,6 +818,61 @@ fn state_command(env: &Env, cmd: StateCommand) -> Outcome2 {
             Ok(EXIT_OK)
         }
     }
+}
+
+/// `plasma pin`: the digests recorded by trust on first use, written into
+/// the spec with its comments and layout kept.
+fn pin(env: &Env) -> CommandResult {
+    use crate::resource::model::Model;
+    let loaded = load(env)?;
+    let state = loaded.state_file.load()?;
+    let mut digests = std::collections::BTreeMap::new();
+    for declared in &loaded.spec.resources {
+        let Some(model) = declared.resource.as_any().downcast_ref::<Model>() else {
+            continue;
+        };
+        if model.sha256.is_some() {
+            continue;
+        }
+        let address = declared.address.to_string();
+        let recorded = state
+            .as_ref()
+            .and_then(|s| s.resources.get(&address))
+            // Recorded for this path: a digest of another file pins nothing.
+            .filter(|entry| entry.desired.get("path") == Some(&serde_json::json!(model.path.value)))
+            .and_then(|entry| entry.outputs.get("sha256")?.as_str()?.parse().ok());
+        match recorded {
+            Some(digest) => {
+                digests.insert(declared.address.name.clone(), digest);
+            }
+            None => println!(
+                "{address}: no digest recorded yet (run `plasma apply` first, then `plasma pin`)"
+            ),
+        }
+    }
+    let pinned = crate::pin::pin_text(&loaded.spec.text, &digests).map_err(Failure::Message)?;
+    if pinned.pinned.is_empty() {
+        println!("Nothing to pin.");
+        return Ok(EXIT_OK);
+    }
+    // The edited spec must still load before it replaces the user's file.
+    crate::spec::load(&loaded.spec.path, pinned.text.clone()).map_err(|e| {
+        Failure::Message(format!(
+            "pinning would break the spec ({e}); {} was not changed",
+            loaded.spec.path.display()
+        ))
+    })?;
+    let mode = std::fs::metadata(&loaded.spec.path)
+        .ok()
+        .map(|m| std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o7777);
+    fsutil::write_atomic(&loaded.spec.path, pinned.text.as_bytes(), mode).map_err(|e| {
+        Failure::Message(format!("cannot write {}: {e}", loaded.spec.path.display()))
+    })?;
+    for (name, digest) in &pinned.pinned {
+        println!("model.{name}: pinned sha256 {digest}");
+    }
+    println!("Wrote {}.", loaded.spec.path.display());
+    Ok(EXIT_OK)
 }
 
 fn print_json<T: serde::Serialize>(value: &T) {

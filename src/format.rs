@@ -107,8 +107,8 @@ impl Scanner {
                 i += hashes + 3;
                 continue;
             }
-            if after_hashes.starts_with('"') {
-                i += hashes + 1 + string_length(&after_hashes[1..], hashes);
+            if let Some(body) = after_hashes.strip_prefix('"') {
+                i += hashes + 1 + string_length(body, hashes);
                 continue;
             }
             match bytes[i] {

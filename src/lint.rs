@@ -56,6 +56,27 @@ pub const CUDA_ONLY_ON_MACOS: Rule = Rule {
               install or silently fall back to slow paths",
 };
 
+pub const SUBMODULES_NOT_INITIALISED: Rule = Rule {
+    code: "submodules-not-initialised",
+    severity: Severity::Warning,
+    summary: "a clone whose submodules are not initialised has empty folders where code \
+              belongs (kohya_ss's sd-scripts was silently empty)",
+};
+
+pub const PICKLE_MODEL: Rule = Rule {
+    code: "pickle-model",
+    severity: Severity::Error,
+    summary: "a .ckpt/.pth/.pt/.bin model is a Python pickle, and loading one can run \
+              arbitrary code: it needs `allow-pickle #true`",
+};
+
+pub const UNPINNED_MODEL: Rule = Rule {
+    code: "unpinned-model",
+    severity: Severity::Warning,
+    summary: "a model without `sha256` trusts whatever the server sends the first time \
+              (the digest is recorded then; `plasma pin` writes it into the spec)",
+};
+
 /// Every rule, so `allow` can be checked.
 pub const RULES: &[&Rule] = &[
     &FP16_ON_MPS,
@@ -63,6 +84,9 @@ pub const RULES: &[&Rule] = &[
     &PATH_OWNED_TWICE,
     &PLATFORM_MISMATCH,
     &CUDA_ONLY_ON_MACOS,
+    &SUBMODULES_NOT_INITIALISED,
+    &PICKLE_MODEL,
+    &UNPINNED_MODEL,
 ];
 
 impl Rule {
@@ -238,10 +262,7 @@ pub fn run(spec: &Spec) -> Vec<Problem> {
 
 /// The spec says what machine it is for; say so when this is not it.
 fn platform_mismatch(spec: &Spec) -> Option<Problem> {
-    let this_os = match std::env::consts::OS {
-        "macos" => "macos",
-        other => other,
-    };
+    let this_os = std::env::consts::OS;
     let this_arch = std::env::consts::ARCH;
     let os = spec.platform.os.as_ref();
     let arch = spec.platform.arch.as_ref();

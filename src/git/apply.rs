@@ -296,6 +296,69 @@ impl Git {
         Ok(())
     }
 
+    /// After a checkout to a commit that no longer has some submodules, removes
+    /// their leftover working trees (git leaves them behind as untracked folders).
+    /// Only folders whose `.git` is a file pointing into the superproject's
+    /// `.git/modules` are removed, and `keep` lists paths to leave alone (ones
+    /// with local edits the user keeps); the module repositories themselves stay
+    /// in `.git/modules`, so nothing is lost. Returns the removed paths.
+    pub fn remove_dropped_submodules(
+        &self,
+        path: &Path,
+        before: &[super::SubmoduleObservation],
+        keep: &[String],
+    ) -> Result<Vec<String>, GitError> {
+        let now = match self.observe(path)? {
+            RepoObservation::Repository(tree) => tree.submodules,
+            _ => return Ok(Vec::new()),
+        };
+        // Nested submodules go with their parent's folder.
+        let top_level = before.iter().filter(|s| {
+            !before
+                .iter()
+                .any(|p| s.path.starts_with(&format!("{}/", p.path)))
+        });
+        let mut removed = Vec::new();
+        for sub in top_level {
+            if now.iter().any(|n| n.path == sub.path) || keep.contains(&sub.path) {
+                continue;
+            }
+            let dir = path.join(&sub.path);
+            let gitfile = fs::symlink_metadata(dir.join(".git")).is_ok_and(|m| m.is_file());
+            if gitfile {
+                fs::remove_dir_all(&dir).map_err(|e| GitError::io("remove", &dir, e))?;
+                removed.push(sub.path.clone());
+            }
+        }
+        Ok(removed)
+    }
+
+    /// What [`Git::reset_hard_and_clean`] would delete, without deleting anything:
+    /// `git clean -nd` in the repository and in each checked-out submodule, as
+    /// paths relative to `path` (`notes.txt`, `venv/`, `sd-scripts/scratch.py`).
+    /// Ignored files are kept by the clean, so they are not listed.
+    pub fn clean_preview(&self, path: &Path) -> Result<Vec<String>, GitError> {
+        self.require_work_tree(path)?;
+        let mut would_remove = Vec::new();
+        let out = self.run(Some(path), &["clean", "-nd"])?;
+        would_remove.extend(removals(&out.stdout_text()));
+        if path.join(".gitmodules").exists() {
+            // `$displaypath` is the submodule's path relative to `path`, nested ones too.
+            let out = self.run(
+                Some(path),
+                &[
+                    "submodule",
+                    "--quiet",
+                    "foreach",
+                    "--recursive",
+                    "git clean -nd | sed \"s|^Would remove |Would remove $displaypath/|\"",
+                ],
+            )?;
+            would_remove.extend(removals(&out.stdout_text()));
+        }
+        Ok(would_remove)
+    }
+
     /// Points `origin` at `url`, adding the remote if there is none.
     pub fn set_remote_url(&self, path: &Path, url: &str) -> Result<(), GitError> {
         validate_url(url)?;
@@ -325,6 +388,15 @@ impl Git {
             reason: out.stderr,
         }
     }
+}
+
+/// The paths of `git clean -n` output (`Would remove notes.txt`).
+fn removals(output: &str) -> Vec<String> {
+    output
+        .lines()
+        .filter_map(|l| l.strip_prefix("Would remove "))
+        .map(str::to_string)
+        .collect()
 }
 
 fn looks_like_commit_hash(rev: &str) -> bool {

@@ -33,6 +33,7 @@ pub use observe::{
     SubmoduleObservation, SubmoduleState, WorkTree,
 };
 pub use redact::{redact_text, redact_url};
+pub(crate) use resolve::validate_rev;
 pub use resolve::{Resolved, RevKind};
 
 /// How to run git. `Git::default()` runs `git` from `PATH`; the other settings

@@ -142,6 +142,55 @@ impl Git {
         self.resolve_local(path, rev)
     }
 
+    /// Resolves `rev` against the remote `url` itself, with one `git ls-remote`
+    /// (network, never writes): what `--refresh` uses to look upstream. A tag or
+    /// a branch is found by name; a commit hash cannot be listed by a remote, so
+    /// it comes back as `Ok(None)` ("known only after fetching"). A name the
+    /// remote does not have is [`GitError::RevNotFound`] with its nearest tags.
+    pub fn resolve_remote(&self, url: &str, rev: &str) -> Result<Option<Resolved>, GitError> {
+        super::apply::validate_url(url)?;
+        validate_rev(rev)?;
+        let out = self.run_raw(None, &["ls-remote", "--heads", "--tags", url])?;
+        if !out.success {
+            return Err(GitError::Unreachable {
+                url: redact_url(url),
+                reason: out.stderr,
+            });
+        }
+        let listing = out.stdout_text();
+        let refs: Vec<(&str, &str)> = listing
+            .lines()
+            .filter_map(|line| line.split_once('\t'))
+            .collect();
+        let find = |name: &str| refs.iter().find(|(_, r)| *r == name).map(|(c, _)| *c);
+        let tag = format!("refs/tags/{rev}");
+        // An annotated tag is listed twice; the `^{}` line is the commit it names.
+        let found = find(&format!("{tag}^{{}}"))
+            .or_else(|| find(&tag))
+            .map(|c| (RevKind::Tag, c))
+            .or_else(|| find(&format!("refs/heads/{rev}")).map(|c| (RevKind::Branch, c)));
+        if let Some((kind, commit)) = found {
+            return Ok(Some(Resolved {
+                rev: rev.to_string(),
+                kind,
+                commit: commit.to_string(),
+            }));
+        }
+        if looks_like_commit(rev) {
+            return Ok(None);
+        }
+        let tags: Vec<&str> = refs
+            .iter()
+            .filter_map(|(_, r)| r.strip_prefix("refs/tags/"))
+            .filter(|t| !t.ends_with("^{}"))
+            .collect();
+        Err(GitError::RevNotFound {
+            rev: rev.to_string(),
+            url: redact_url(url),
+            nearest: nearest_names(rev, &tags, NEAREST_TAGS_SHOWN),
+        })
+    }
+
     /// Tags and origin branches with their commits, in one process.
     fn local_refs(&self, path: &Path) -> Result<Vec<LocalRef>, GitError> {
         let out = self.run(

@@ -20,6 +20,8 @@ use crate::state::ResourceState;
 
 pub mod file;
 pub mod link;
+pub mod model;
+pub mod repo;
 pub mod structured;
 pub mod venv;
 
@@ -134,6 +136,26 @@ pub trait Kind: Send + Sync + 'static {
     fn lint(&self, _cx: &LintContext<'_>) -> Vec<Lint> {
         Vec::new()
     }
+
+    /// Called once after the whole spec is loaded, for kinds that take
+    /// something from the resources they reference (a custom node's folder
+    /// lies inside its ComfyUI repo).
+    fn resolve(&mut self, _others: &Others<'_>) {}
+}
+
+/// The other resources of a spec, as seen from one being resolved.
+pub struct Others<'a> {
+    pub resources: Vec<(&'a Address, &'a dyn Resource)>,
+}
+
+impl Others<'_> {
+    /// The resource at `address`, as its concrete kind.
+    pub fn get<K: 'static>(&self, address: &Address) -> Option<&K> {
+        self.resources
+            .iter()
+            .find(|(a, _)| *a == address)
+            .and_then(|(_, r)| r.as_any().downcast_ref::<K>())
+    }
 }
 
 /// An observation with its type erased, plus what the engine needs of it.
@@ -159,6 +181,7 @@ pub trait Resource: Send + Sync {
     ) -> Result<Outputs, ResourceError>;
     fn outputs(&self, observed: &Observation) -> Outputs;
     fn lint(&self, cx: &LintContext<'_>) -> Vec<Lint>;
+    fn resolve(&mut self, others: &Others<'_>);
     fn as_any(&self) -> &dyn Any;
 }
 
@@ -210,6 +233,10 @@ impl<K: Kind> Resource for K {
         Kind::lint(self, cx)
     }
 
+    fn resolve(&mut self, others: &Others<'_>) {
+        Kind::resolve(self, others)
+    }
+
     fn as_any(&self) -> &dyn Any {
         self
     }
@@ -223,7 +250,13 @@ fn typed<K: Kind>(observation: &Observation) -> &K::Observed {
 }
 
 /// The names of every kind, for "did you mean".
-pub const KINDS: &[&str] = &[file::File::KIND, link::Link::KIND, venv::Venv::KIND];
+pub const KINDS: &[&str] = &[
+    file::File::KIND,
+    link::Link::KIND,
+    repo::Repo::KIND,
+    model::Model::KIND,
+    venv::Venv::KIND,
+];
 
 /// Parses a resource node of the given kind; `None` when its fields had errors
 /// (already reported through the reader) or the kind is unknown.
@@ -232,6 +265,8 @@ pub fn parse(kind: &str, reader: &NodeReader<'_, '_>) -> Option<Box<dyn Resource
         file::File::KIND => file::File::parse(reader).map(|r| Box::new(r) as Box<dyn Resource>),
         link::Link::KIND => link::Link::parse(reader).map(|r| Box::new(r) as Box<dyn Resource>),
         venv::Venv::KIND => venv::Venv::parse(reader).map(|r| Box::new(r) as Box<dyn Resource>),
+        repo::Repo::KIND => repo::Repo::parse(reader).map(|r| Box::new(r) as Box<dyn Resource>),
+        model::Model::KIND => model::Model::parse(reader).map(|r| Box::new(r) as Box<dyn Resource>),
         _ => None,
     }
 }

@@ -173,7 +173,7 @@ pub fn load(path: &Path, text: String) -> Result<Spec, SpecErrors> {
     let mut vars = Vars::default();
     let mut platform = Platform::default();
     let mut platform_span = None;
-    let resources;
+    let mut resources: Vec<Declared>;
     {
         let bootstrap = Vars::default();
         let cx = LoadContext {
@@ -231,6 +231,7 @@ pub fn load(path: &Path, text: String) -> Result<Spec, SpecErrors> {
                 })
             })
             .collect();
+        resolve_resources(&mut resources);
     }
 
     Ok(Spec {
@@ -452,6 +453,22 @@ fn check_allow(code: &Spanned<String>, cx: &LoadContext<'_>) {
         )),
     };
     cx.report(p);
+}
+
+/// Lets each resource take what it needs from the others.
+fn resolve_resources(resources: &mut [Declared]) {
+    for i in 0..resources.len() {
+        let (before, rest) = resources.split_at_mut(i);
+        let (this, after) = rest.split_first_mut().expect("i is in range");
+        let others = resource::Others {
+            resources: before
+                .iter()
+                .chain(after.iter())
+                .map(|d| (&d.address, d.resource.as_ref()))
+                .collect(),
+        };
+        this.resource.resolve(&others);
+    }
 }
 
 /// Every reference must name a declared resource.

@@ -349,10 +349,10 @@ impl<'a, 'c> NodeReader<'a, 'c> {
     pub fn opt_size(&self, name: &'static str) -> Option<Spanned<u64>> {
         let child = self.child(name)?;
         let entry = self.single_arg(child, "a size")?;
-        if let KdlValue::Integer(i) = entry.value() {
-            if let Ok(v) = u64::try_from(*i) {
-                return Some(Spanned::new(v, entry.span()));
-            }
+        if let KdlValue::Integer(i) = entry.value()
+            && let Ok(v) = u64::try_from(*i)
+        {
+            return Some(Spanned::new(v, entry.span()));
         }
         let text = self.entry_string(entry)?;
         match parse_size(&text.value) {
@@ -560,7 +560,80 @@ pub fn parse_size(text: &str) -> Option<u64> {
 
 #[cfg(test)]
 mod tests {
-    use super::parse_size;
+    use super::*;
+
+    /// Reads the first node of `text` with `read`, returning what was read
+    /// and the codes and messages of the problems reported.
+    fn read_with<T>(
+        text: &str,
+        read: impl FnOnce(&NodeReader<'_, '_>) -> Option<T>,
+    ) -> (Option<T>, Vec<String>) {
+        let doc = kdl::KdlDocument::parse_v2(text).unwrap();
+        let vars = Vars::default();
+        let cx = LoadContext {
+            vars: &vars,
+            spec_dir: std::path::Path::new("/spec"),
+            source_text: text,
+            problems: RefCell::default(),
+        };
+        let value = {
+            let reader = NodeReader::new(&doc.nodes()[0], &cx);
+            let value = read(&reader);
+            reader.finish();
+            value
+        };
+        let problems = cx
+            .problems
+            .into_inner()
+            .into_iter()
+            .map(|p| format!("{}: {}", p.code, p.message))
+            .collect();
+        (value, problems)
+    }
+
+    #[test]
+    fn durations_parse_and_malformed_ones_are_reported() {
+        let (d, problems) = read_with("b { budget \"2m 30s\" }", |r| r.opt_duration("budget"));
+        assert_eq!(d.unwrap().value, Duration::from_secs(150));
+        assert!(problems.is_empty());
+        let (d, problems) = read_with("b { budget \"two minutes\" }", |r| r.opt_duration("budget"));
+        assert!(d.is_none());
+        assert_eq!(
+            problems,
+            ["spec::malformed-duration: `two minutes` is not a duration"]
+        );
+    }
+
+    #[test]
+    fn sizes_read_as_numbers_or_text_and_malformed_ones_are_reported() {
+        let (s, _) = read_with("m { size 2132626102 }", |r| r.opt_size("size"));
+        assert_eq!(s.unwrap().value, 2_132_626_102);
+        let (s, _) = read_with("m { size \"2GiB\" }", |r| r.opt_size("size"));
+        assert_eq!(s.unwrap().value, 2 << 30);
+        let (s, problems) = read_with("m { size \"big\" }", |r| r.opt_size("size"));
+        assert!(s.is_none());
+        assert_eq!(problems, ["spec::malformed-size: `big` is not a size"]);
+    }
+
+    #[test]
+    fn paths_expand_home_and_resolve_against_the_spec() {
+        let (p, _) = read_with("f { path \"rel/x\" }", |r| r.path("path"));
+        assert_eq!(p.unwrap().value, PathBuf::from("/spec/rel/x"));
+        let (p, _) = read_with("f { path \"~/x\" }", |r| r.path("path"));
+        assert_eq!(p.unwrap().value, home_dir().join("x"));
+    }
+
+    #[test]
+    fn choices_suggest_the_closest() {
+        let (c, problems) = read_with("r { on-dirty rest }", |r| {
+            r.opt_choice("on-dirty", &["fail", "keep", "reset"])
+        });
+        assert!(c.is_none());
+        assert_eq!(
+            problems,
+            ["spec::invalid-choice: `rest` is not a valid `on-dirty`"]
+        );
+    }
 
     #[test]
     fn sizes_parse_with_units() {
