@@ -153,7 +153,11 @@ fn venv_section(count: usize) {
             .args(["freeze", "--disable-pip-version-check"])
             .output()
             .unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     });
     report("venv: `pip freeze`", &pip_freeze);
     let median = |t: &[Duration]| t[t.len() / 2].as_secs_f64();
@@ -209,6 +213,8 @@ fn venv_section(count: usize) {
             median(&python_venv) / median(&uv_venv)
         );
     }
+}
+
 /// Runs git quietly in `dir` with a fixed identity; panics on failure.
 fn git(dir: &Path, args: &[&str]) {
     let out = Command::new("git")

@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use plasma::python::{InstallerChoice, Installer, VenvObservation, observe_venv, venv_python};
+use plasma::python::{Installer, InstallerChoice, VenvObservation, observe_venv, venv_python};
 use pyfix::PyIndex;
 use sandbox::{Run, Sandbox};
 
@@ -78,12 +78,22 @@ fn assert_no_secret(sb: &Sandbox, runs: &[&Run]) {
 /// `pip install ...` into the venv by hand, as a user (or a custom node) would.
 fn pip_by_hand(venv: &Path, index: &PyIndex, args: &[&str]) {
     let out = Command::new(venv_python(venv))
-        .args(["-m", "pip", "install", "--disable-pip-version-check", "--index-url"])
+        .args([
+            "-m",
+            "pip",
+            "install",
+            "--disable-pip-version-check",
+            "--index-url",
+        ])
         .arg(index.url())
         .args(args)
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 fn site_packages(venv: &Path) -> PathBuf {
@@ -91,7 +101,12 @@ fn site_packages(venv: &Path) -> PathBuf {
     let python = std::fs::read_dir(&lib)
         .unwrap()
         .map(|e| e.unwrap().path())
-        .find(|p| p.file_name().unwrap().to_string_lossy().starts_with("python"))
+        .find(|p| {
+            p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("python")
+        })
         .expect("lib/python3.X");
     python.join("site-packages")
 }
@@ -116,9 +131,15 @@ fn a_requirement_asking_for_a_newer_pin_leaves_the_pin_and_converges() {
 
     let plan = sb.run(&["plan", "--detailed-exitcode"]);
     plan.code(2);
-    assert!(plan.stdout.contains("# venv.app will be created (the venv does not exist)"), "{}", plan.stdout);
     assert!(
-        plan.stdout.contains("+ torchlike: 2.5.1 from http://***@127.0.0.1"),
+        plan.stdout
+            .contains("# venv.app will be created (the venv does not exist)"),
+        "{}",
+        plan.stdout
+    );
+    assert!(
+        plan.stdout
+            .contains("+ torchlike: 2.5.1 from http://***@127.0.0.1"),
         "{}",
         plan.stdout
     );
@@ -126,13 +147,18 @@ fn a_requirement_asking_for_a_newer_pin_leaves_the_pin_and_converges() {
     let apply = sb.run(&["apply", "--yes"]);
     apply.code(0);
     assert!(
-        apply.stdout.contains("venv.app: pin torchlike==2.5.1 holds over `torchlike>=2.6`"),
+        apply
+            .stdout
+            .contains("venv.app: pin torchlike==2.5.1 holds over `torchlike>=2.6`"),
         "{}",
         apply.stdout
     );
     let venv = sb.path("venv");
     let installed = packages(&venv);
-    assert_eq!(installed.get("torchlike").map(String::as_str), Some("2.5.1"));
+    assert_eq!(
+        installed.get("torchlike").map(String::as_str),
+        Some("2.5.1")
+    );
     assert_eq!(installed.get("helper").map(String::as_str), Some("1.1"));
 
     let again = sb.run(&["plan", "--detailed-exitcode"]);
@@ -147,14 +173,22 @@ fn a_requirement_asking_for_a_newer_pin_leaves_the_pin_and_converges() {
     let requirements = sb.path("requirements.txt").display().to_string();
     assert_eq!(
         outputs["requirements"][&requirements],
-        blake3::hash(b"torchlike>=2.6\nhelper\n").to_hex().to_string()
+        blake3::hash(b"torchlike>=2.6\nhelper\n")
+            .to_hex()
+            .to_string()
     );
     assert!(
-        outputs["overridden"][0].as_str().unwrap().contains("torchlike>=2.6"),
+        outputs["overridden"][0]
+            .as_str()
+            .unwrap()
+            .contains("torchlike>=2.6"),
         "{outputs}"
     );
     let log = sb.read(".plasma/logs/venv.app.log");
-    assert!(log.contains("pinned: torchlike==2.5.1 holds over `torchlike>=2.6`"), "{log}");
+    assert!(
+        log.contains("pinned: torchlike==2.5.1 holds over `torchlike>=2.6`"),
+        "{log}"
+    );
     assert_no_secret(&sb, &[&plan, &apply, &again]);
 }
 
@@ -179,8 +213,16 @@ fn a_pin_changed_by_hand_is_drift_and_apply_restores_it() {
 
     let plan = sb.run(&["plan", "--detailed-exitcode"]);
     plan.code(2);
-    assert!(plan.stdout.contains("~ torchlike: 2.6.0 -> 2.5.1"), "{}", plan.stdout);
-    assert!(plan.stdout.contains("torchlike is off its pin"), "{}", plan.stdout);
+    assert!(
+        plan.stdout.contains("~ torchlike: 2.6.0 -> 2.5.1"),
+        "{}",
+        plan.stdout
+    );
+    assert!(
+        plan.stdout.contains("torchlike is off its pin"),
+        "{}",
+        plan.stdout
+    );
     sb.run(&["drift"]).code(2);
 
     let apply = sb.run(&["apply", "--yes"]);
@@ -204,7 +246,11 @@ fn forbidden_and_outside_packages_are_drift_and_apply_removes_them() {
         "- visionlike (installed outside plasma): 0.20.1",
         "~ helper (changed outside plasma): 1.0 -> 1.1",
     ] {
-        assert!(plan.stdout.contains(line), "missing {line:?} in\n{}", plan.stdout);
+        assert!(
+            plan.stdout.contains(line),
+            "missing {line:?} in\n{}",
+            plan.stdout
+        );
     }
 
     sb.run(&["apply", "--yes"]).code(0);
@@ -226,14 +272,24 @@ fn a_requirement_pulling_a_forbidden_package_fails_and_leaves_the_venv_as_it_was
 
     let plan = sb.run(&["plan", "--detailed-exitcode"]);
     plan.code(2);
-    assert!(plan.stdout.contains("requirements.txt changed since last apply"), "{}", plan.stdout);
+    assert!(
+        plan.stdout
+            .contains("requirements.txt changed since last apply"),
+        "{}",
+        plan.stdout
+    );
 
     let apply = sb.run(&["apply", "--yes"]);
     apply.code(1);
     let text = all_output(&apply);
-    assert!(text.contains("would install forbidden package xformerslike 0.1"), "{text}");
     assert!(
-        text.contains("pulled in by fancy-node 2.0 (requested) -> needs-xformers 1.0 -> xformerslike 0.1"),
+        text.contains("would install forbidden package xformerslike 0.1"),
+        "{text}"
+    );
+    assert!(
+        text.contains(
+            "pulled in by fancy-node 2.0 (requested) -> needs-xformers 1.0 -> xformerslike 0.1"
+        ),
         "{text}"
     );
     assert!(text.contains("nothing was installed"), "{text}");
@@ -267,10 +323,19 @@ fn a_venv_on_another_python_is_replaced() {
 
     let plan = sb.run(&["plan", "--detailed-exitcode"]);
     plan.code(2);
-    assert!(plan.stdout.contains("# venv.app must be replaced"), "{}", plan.stdout);
-    assert!(plan.stdout.contains("the venv was built on Python 3.9.18"), "{}", plan.stdout);
     assert!(
-        plan.stdout.contains(&format!("~ python: 3.9.18 -> {}", python_version())),
+        plan.stdout.contains("# venv.app must be replaced"),
+        "{}",
+        plan.stdout
+    );
+    assert!(
+        plan.stdout.contains("the venv was built on Python 3.9.18"),
+        "{}",
+        plan.stdout
+    );
+    assert!(
+        plan.stdout
+            .contains(&format!("~ python: 3.9.18 -> {}", python_version())),
         "{}",
         plan.stdout
     );
@@ -284,14 +349,20 @@ fn a_venv_on_another_python_is_replaced() {
 fn a_missing_interpreter_says_where_plasma_looked() {
     let index = PyIndex::standard();
     let sb = Sandbox::new();
-    sb.spec(&spec(&index, "pip").replace(&format!("python \"{}\"", python_version()), "python \"3.99\""));
+    sb.spec(&spec(&index, "pip").replace(
+        &format!("python \"{}\"", python_version()),
+        "python \"3.99\"",
+    ));
     sb.write("requirements.txt", "helper\n");
     // The plan needs no interpreter: observation reads files only.
     sb.run(&["plan", "--detailed-exitcode"]).code(2);
     let apply = sb.run(&["apply", "--yes"]);
     apply.code(1);
     let text = all_output(&apply);
-    assert!(text.contains("no Python interpreter matching \"3.99\" was found; looked in:"), "{text}");
+    assert!(
+        text.contains("no Python interpreter matching \"3.99\" was found; looked in:"),
+        "{text}"
+    );
     assert!(text.contains("python3.99 on PATH: not found"), "{text}");
     assert!(text.contains("pyenv versions folder"), "{text}");
     assert!(!sb.path("venv").exists());
@@ -305,7 +376,11 @@ fn a_folder_that_is_not_a_venv_is_refused() {
     sb.write("venv/notes.txt", "mine\n");
     let plan = sb.run(&["plan"]);
     plan.code(1);
-    assert!(all_output(&plan).contains("is not a Python venv (it has no pyvenv.cfg)"), "{}", all_output(&plan));
+    assert!(
+        all_output(&plan).contains("is not a Python venv (it has no pyvenv.cfg)"),
+        "{}",
+        all_output(&plan)
+    );
     assert_eq!(sb.read("venv/notes.txt"), "mine\n");
 }
 
@@ -348,7 +423,10 @@ venv b {
 #[test]
 fn cuda_only_packages_on_macos_are_a_lint() {
     let sb = Sandbox::new();
-    sb.write("reqs.txt", "numpy\nbitsandbytes>=0.43\ntriton; sys_platform == \"linux\"\n");
+    sb.write(
+        "reqs.txt",
+        "numpy\nbitsandbytes>=0.43\ntriton; sys_platform == \"linux\"\n",
+    );
     let body = r#"
 venv a {
     path "venv"
@@ -363,16 +441,29 @@ venv a {
     run.code(1);
     let text = all_output(&run);
     assert!(text.contains("cuda-only-on-macos"), "{text}");
-    assert!(text.contains("xformers needs CUDA, and this spec is for macOS"), "{text}");
+    assert!(
+        text.contains("xformers needs CUDA, and this spec is for macOS"),
+        "{text}"
+    );
     assert!(text.contains("line 2 asks for bitsandbytes"), "{text}");
-    assert!(!text.contains("asks for triton"), "a marked line is the installer's business: {text}");
+    assert!(
+        !text.contains("asks for triton"),
+        "a marked line is the installer's business: {text}"
+    );
 
-    sb.spec(&format!("platform os=macos\n{}", body.replace("ALLOW", "allow cuda-only-on-macos")));
+    sb.spec(&format!(
+        "platform os=macos\n{}",
+        body.replace("ALLOW", "allow cuda-only-on-macos")
+    ));
     sb.run(&["validate"]).code(0);
     // On a Linux spec the same packages are fine.
     sb.spec(&format!("platform os=linux\n{}", body.replace("ALLOW", "")));
     let linux = sb.run(&["validate"]);
-    assert!(!all_output(&linux).contains("cuda-only-on-macos"), "{}", all_output(&linux));
+    assert!(
+        !all_output(&linux).contains("cuda-only-on-macos"),
+        "{}",
+        all_output(&linux)
+    );
 }
 
 // ------------------------------------------------------------------- uv
@@ -387,7 +478,9 @@ fn real_uv() -> Option<PathBuf> {
 #[test]
 fn with_uv_the_pin_holds_and_a_second_apply_spawns_nothing() {
     let Some(uv) = real_uv() else {
-        eprintln!("note: uv tests skipped: uv is not on PATH (CI installs it with `pip install uv`)");
+        eprintln!(
+            "note: uv tests skipped: uv is not on PATH (CI installs it with `pip install uv`)"
+        );
         return;
     };
     let index = PyIndex::standard();
@@ -396,9 +489,17 @@ fn with_uv_the_pin_holds_and_a_second_apply_spawns_nothing() {
     let calls = sb.path("uv-calls.log");
     let wrapper = sb.write(
         "bin/uv",
-        &format!("#!/bin/sh\necho \"$@\" >> '{}'\nexec '{}' \"$@\"\n", calls.display(), uv.display()),
+        &format!(
+            "#!/bin/sh\necho \"$@\" >> '{}'\nexec '{}' \"$@\"\n",
+            calls.display(),
+            uv.display()
+        ),
     );
-    std::fs::set_permissions(&wrapper, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(
+        &wrapper,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
     let path = format!(
         "{}:{}",
         sb.path("bin").display(),
@@ -418,7 +519,9 @@ fn with_uv_the_pin_holds_and_a_second_apply_spawns_nothing() {
     let apply = run(&["apply", "--yes"]);
     apply.code(0);
     assert!(
-        apply.stdout.contains("pin torchlike==2.5.1 holds over `torchlike>=2.6`"),
+        apply
+            .stdout
+            .contains("pin torchlike==2.5.1 holds over `torchlike>=2.6`"),
         "{}",
         apply.stdout
     );
@@ -426,7 +529,10 @@ fn with_uv_the_pin_holds_and_a_second_apply_spawns_nothing() {
     assert_eq!(packages(&venv)["torchlike"], "2.5.1");
     assert_eq!(packages(&venv)["helper"], "1.1");
     let calls_after_first = std::fs::read_to_string(&calls).unwrap();
-    assert!(calls_after_first.contains("venv"), "uv made the venv: {calls_after_first}");
+    assert!(
+        calls_after_first.contains("venv"),
+        "uv made the venv: {calls_after_first}"
+    );
 
     let again = run(&["apply", "--yes"]);
     again.code(0);
@@ -475,7 +581,9 @@ fn a_custom_node_installs_through_the_venv_under_its_pins() {
         .install_requirements_blocking(&[bad], &log)
         .expect_err("needs a forbidden package");
     assert!(
-        err.message.contains("forbidden package xformerslike 0.1, pulled in by needs-xformers 1.0 (requested)"),
+        err.message.contains(
+            "forbidden package xformerslike 0.1, pulled in by needs-xformers 1.0 (requested)"
+        ),
         "{}",
         err.message
     );

@@ -32,9 +32,9 @@ use crate::fsutil;
 use crate::lint::{self, Lint, LintContext};
 use crate::plan::{Action, Diff};
 use crate::python::{
-    IndexUrl, InstallLog, Installer, InstallerChoice, InterpreterSearch, ObservedVenv,
-    PackageSpec, Pin, PyError, VenvObservation, find_interpreter, normalize_name,
-    observe_venv, version_matches_pin,
+    IndexUrl, InstallLog, Installer, InstallerChoice, InterpreterSearch, ObservedVenv, PackageSpec,
+    Pin, PyError, VenvObservation, find_interpreter, normalize_name, observe_venv,
+    version_matches_pin,
 };
 use crate::spec::Spanned;
 use crate::spec::reader::NodeReader;
@@ -356,7 +356,8 @@ fn write_record(venv: &Path, record: &Record) -> Result<(), ResourceError> {
     let path = venv.join(RECORD_FILE);
     let mut text = serde_json::to_vec_pretty(record).expect("a record serialises");
     text.push(b'\n');
-    fsutil::write_atomic(&path, &text, None).map_err(|e| ResourceError::io("cannot write", &path, e))
+    fsutil::write_atomic(&path, &text, None)
+        .map_err(|e| ResourceError::io("cannot write", &path, e))
 }
 
 fn hash_file(path: &Path) -> Result<Option<String>, ResourceError> {
@@ -443,7 +444,9 @@ impl Differences {
 
 impl Venv {
     fn is_pinned(&self, name: &str) -> bool {
-        self.pins.iter().any(|p| normalize_name(&p.pin.name) == name)
+        self.pins
+            .iter()
+            .any(|p| normalize_name(&p.pin.name) == name)
     }
 
     fn is_forbidden(&self, name: &str) -> bool {
@@ -526,11 +529,7 @@ impl Venv {
             .attribute("path", None, Some(self.path.value.display().to_string()))
             .attribute("python", None, Some(self.python.value.text()));
         for p in &self.pins {
-            diff = diff.attribute(
-                &normalize_name(&p.pin.name),
-                None,
-                Some(pin_text(&p.pin)),
-            );
+            diff = diff.attribute(&normalize_name(&p.pin.name), None, Some(pin_text(&p.pin)));
         }
         for r in &self.requirements {
             diff = diff.attribute("requirements", None, Some(r.value.display().to_string()));
@@ -602,7 +601,10 @@ fn py_error(e: PyError) -> ResourceError {
 
 impl Venv {
     fn steps(&self, observed: &VenvObserved) -> Steps {
-        let Some(venv) = observed.present().filter(|_| observed.python_mismatch.is_none()) else {
+        let Some(venv) = observed
+            .present()
+            .filter(|_| observed.python_mismatch.is_none())
+        else {
             return Steps {
                 create: true,
                 uninstall: Vec::new(),
@@ -880,10 +882,8 @@ impl Kind for Venv {
 
     fn outputs(&self, observed: &VenvObserved) -> Outputs {
         let mut out = Outputs::new();
-        if let Some(venv) = observed.present() {
-            if let Some(v) = venv.python_version {
-                out.insert("python_version".into(), json!(v.to_string()));
-            }
+        if let Some(v) = observed.present().and_then(|venv| venv.python_version) {
+            out.insert("python_version".into(), json!(v.to_string()));
         }
         if let Some(record) = &observed.record {
             out.insert("installed".into(), json!(record.installed));
@@ -897,16 +897,18 @@ impl Kind for Venv {
             .pins
             .iter()
             .map(|p| (normalize_name(&p.pin.name), p.span));
-        let files = self.requirements.iter().map(|r| (r.value.as_path(), r.span));
+        let files = self
+            .requirements
+            .iter()
+            .map(|r| (r.value.as_path(), r.span));
         lint::cuda_only_packages(pins, files, cx)
     }
 }
 
 impl Venv {
     fn observe_blocking(&self) -> Result<VenvObserved, ResourceError> {
-        let venv = observe_venv(self.path()).map_err(|e| {
-            py_error(e).help("move it away or point `path` at another folder")
-        })?;
+        let venv = observe_venv(self.path())
+            .map_err(|e| py_error(e).help("move it away or point `path` at another folder"))?;
         let python_mismatch = match &venv {
             VenvObservation::Present(v) => python_mismatch(&self.python.value, v),
             VenvObservation::Missing => None,
