@@ -487,13 +487,27 @@ fn models() {
 }
 
 fn main() {
-    // `cargo bench` passes harness flags such as `--bench`; there is nothing to filter.
+    // `cargo bench` passes harness flags such as `--bench`; they are skipped.
     println!(
         "plasma benchmarks ({} cores)",
         std::thread::available_parallelism().map_or(1, |n| n.get())
     );
-    converged_files(1000);
-    venv_section(200);
-    converged_repos(20, 20_000);
-    models();
+    // `cargo bench --bench plasma -- venv` runs only the sections named.
+    let only: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with("--"))
+        .collect();
+    let wanted = |section: &str| only.is_empty() || only.iter().any(|o| section.contains(o));
+    if wanted("files") {
+        converged_files(1000);
+    }
+    if wanted("venv") {
+        venv_section(200);
+    }
+    if wanted("repos") {
+        converged_repos(20, 20_000);
+    }
+    if wanted("models") {
+        models();
+    }
 }
