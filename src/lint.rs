@@ -48,6 +48,14 @@ pub const PLATFORM_MISMATCH: Rule = Rule {
     summary: "the spec's `platform` says it is for another kind of machine",
 };
 
+pub const CUDA_ONLY_ON_MACOS: Rule = Rule {
+    code: "cuda-only-on-macos",
+    severity: Severity::Error,
+    summary: "bitsandbytes, xformers, triton and similar packages (8-bit optimizers, \
+              flash attention, NVIDIA runtime wheels) need CUDA: on macOS they fail to \
+              install or silently fall back to slow paths",
+};
+
 pub const SUBMODULES_NOT_INITIALISED: Rule = Rule {
     code: "submodules-not-initialised",
     severity: Severity::Warning,
@@ -75,6 +83,7 @@ pub const RULES: &[&Rule] = &[
     &CPU_WITH_ACCELERATOR,
     &PATH_OWNED_TWICE,
     &PLATFORM_MISMATCH,
+    &CUDA_ONLY_ON_MACOS,
     &SUBMODULES_NOT_INITIALISED,
     &PICKLE_MODEL,
     &UNPINNED_MODEL,
@@ -140,6 +149,66 @@ pub fn accelerate_settings(
             "training would run on the CPU",
             "write `use_cpu #false`",
         ));
+    }
+    lints
+}
+
+/// Whether a (normalised) package name needs CUDA to work.
+pub fn is_cuda_only(name: &str) -> bool {
+    const CUDA_ONLY: &[&str] = &[
+        "bitsandbytes",
+        "xformers",
+        "triton",
+        "flash-attn",
+        "deepspeed",
+        "apex",
+    ];
+    CUDA_ONLY.contains(&name) || name.starts_with("nvidia-") || name.starts_with("bitsandbytes-")
+}
+
+/// CUDA-only packages pinned, or named in a requirements file, on a spec
+/// for macOS. Requirement lines with an environment marker (`; sys_platform
+/// != "darwin"`) are skipped: the installer already leaves them out there.
+pub fn cuda_only_packages<'p>(
+    pins: impl IntoIterator<Item = (String, SourceSpan)>,
+    requirement_files: impl IntoIterator<Item = (&'p std::path::Path, SourceSpan)>,
+    cx: &LintContext<'_>,
+) -> Vec<Lint> {
+    let mut lints = Vec::new();
+    if cx.platform.os.as_ref().is_none_or(|o| o.value != "macos") {
+        return lints;
+    }
+    for (name, span) in pins {
+        if is_cuda_only(&name) {
+            lints.push(CUDA_ONLY_ON_MACOS.at(
+                span,
+                format!("{name} needs CUDA, and this spec is for macOS"),
+                "pinned here",
+                &format!("remove the pin, and add `forbid {name}` to keep it out"),
+            ));
+        }
+    }
+    for (file, span) in requirement_files {
+        // A file that does not exist yet (cloned by a dependency) is checked once it does.
+        let Ok(text) = std::fs::read_to_string(file) else {
+            continue;
+        };
+        for (line, name, content) in crate::python::named_requirements(&text) {
+            let name = crate::python::normalize_name(&name);
+            if is_cuda_only(&name) && !content.contains(';') {
+                lints.push(CUDA_ONLY_ON_MACOS.at(
+                    span,
+                    format!(
+                        "{} line {line} asks for {name}, which needs CUDA, and this spec is for macOS",
+                        file.display()
+                    ),
+                    "required through this file",
+                    &format!(
+                        "use a requirements file without `{content}`, or add `forbid {name}` so an install that needs it fails clearly"
+                    ),
+                ));
+            }
+        }
     }
     lints
 }

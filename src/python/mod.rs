@@ -43,4 +43,4 @@ pub use installer::{IndexUrl, InstallLog, Installer, InstallerChoice, PackageSpe
 pub use interpreter::{Interpreter, InterpreterSearch, PythonVersion, find_interpreter};
 pub use metadata::{ObservedVenv, VenvObservation, observe_venv, venv_python};
 pub use names::{normalize_name, redact_credentials, version_matches_pin};
-pub use requirements::OverriddenRequirement;
+pub use requirements::{OverriddenRequirement, named_requirements};

@@ -169,6 +169,21 @@ fn split_include(content: &str) -> Option<(&'static str, &str)> {
     None
 }
 
+/// The requirement lines of a requirements file's text that name a
+/// package, as (1-based line number, name as written, the whole line),
+/// skipping comments, options, paths and URLs. `-r` includes are not
+/// followed. Used by lints, which only look, never install.
+pub fn named_requirements(text: &str) -> Vec<(usize, String, String)> {
+    let mut out = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let content = strip_comment(line).trim();
+        if let Some(name) = requirement_name(content) {
+            out.push((i + 1, name.to_string(), content.to_string()));
+        }
+    }
+    out
+}
+
 /// The distribution name a requirement line starts with (`torch` in
 /// `torch[extra]>=2.6; python_version>"3"`), or `None` for options, paths
 /// and URLs.

@@ -23,6 +23,7 @@ pub mod link;
 pub mod model;
 pub mod repo;
 pub mod structured;
+pub mod venv;
 
 /// Values a resource publishes into state after apply (commits, digests, results).
 pub type Outputs = Map<String, Value>;
@@ -254,6 +255,7 @@ pub const KINDS: &[&str] = &[
     link::Link::KIND,
     repo::Repo::KIND,
     model::Model::KIND,
+    venv::Venv::KIND,
 ];
 
 /// Parses a resource node of the given kind; `None` when its fields had errors
@@ -262,6 +264,7 @@ pub fn parse(kind: &str, reader: &NodeReader<'_, '_>) -> Option<Box<dyn Resource
     match kind {
         file::File::KIND => file::File::parse(reader).map(|r| Box::new(r) as Box<dyn Resource>),
         link::Link::KIND => link::Link::parse(reader).map(|r| Box::new(r) as Box<dyn Resource>),
+        venv::Venv::KIND => venv::Venv::parse(reader).map(|r| Box::new(r) as Box<dyn Resource>),
         repo::Repo::KIND => repo::Repo::parse(reader).map(|r| Box::new(r) as Box<dyn Resource>),
         model::Model::KIND => model::Model::parse(reader).map(|r| Box::new(r) as Box<dyn Resource>),
         _ => None,

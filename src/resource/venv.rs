@@ -1,0 +1,937 @@
+//! `venv`: a Python venv on a given interpreter, with exact pins (each from
+//! its own index), requirements files installed under those pins, and
+//! forbidden packages kept out.
+//!
+//! Observation reads files only (`pyvenv.cfg`, `*.dist-info/METADATA`, the
+//! requirements files and the venv's record), so a converged plan spawns
+//! nothing. Installs go through the Python layer (`crate::python`) on a
+//! blocking thread.
+//!
+//! **The record.** After every install plasma makes into a venv it writes
+//! `<venv>/.plasma-record.json`: the installed set (name -> version) and the
+//! digests of the requirements files it installed. Anything installed,
+//! removed or changed since then by something other than plasma is drift.
+//! The record lives in the venv rather than only in state because other
+//! resources install into the same venv through
+//! [`Venv::install_requirements_blocking`] (ComfyUI custom nodes): they
+//! update the record too, so their packages are not mistaken for drift. The
+//! record is also published in this resource's state outputs.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use async_trait::async_trait;
+use miette::SourceSpan;
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use super::{ApplyContext, Kind, ObserveContext, Outputs, ResourceError};
+use crate::diagnostic::Problem;
+use crate::fsutil;
+use crate::lint::{self, Lint, LintContext};
+use crate::plan::{Action, Diff};
+use crate::python::{
+    IndexUrl, InstallLog, Installer, InstallerChoice, InterpreterSearch, ObservedVenv, PackageSpec,
+    Pin, PyError, VenvObservation, find_interpreter, normalize_name, observe_venv,
+    version_matches_pin,
+};
+use crate::spec::Spanned;
+use crate::spec::reader::NodeReader;
+use crate::state::ResourceState;
+
+/// The record's file name inside the venv.
+pub const RECORD_FILE: &str = ".plasma-record.json";
+
+/// What the spec asks of the interpreter.
+#[derive(Debug, Clone)]
+pub enum PythonRequest {
+    /// `"3.11"` (any patch) or `"3.11.9"`.
+    Version(String),
+    /// An interpreter path, or a command name looked up on PATH.
+    Path(PathBuf),
+}
+
+impl PythonRequest {
+    fn text(&self) -> String {
+        match self {
+            PythonRequest::Version(v) => v.clone(),
+            PythonRequest::Path(p) => p.display().to_string(),
+        }
+    }
+}
+
+/// A pin with where it was written, for lints.
+#[derive(Debug, Clone)]
+pub struct DeclaredPin {
+    pub pin: Pin,
+    pub span: SourceSpan,
+}
+
+#[derive(Debug, Clone)]
+pub struct Venv {
+    pub path: Spanned<PathBuf>,
+    pub python: Spanned<PythonRequest>,
+    pub pins: Vec<DeclaredPin>,
+    pub requirements: Vec<Spanned<PathBuf>>,
+    /// Normalised names.
+    pub forbid: Vec<Spanned<String>>,
+    pub index: Option<IndexUrl>,
+    pub find_links: Vec<IndexUrl>,
+    pub installer: InstallerChoice,
+}
+
+/// What plasma last installed into a venv.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Record {
+    /// Normalised name -> version, after plasma's last install.
+    pub installed: BTreeMap<String, String>,
+    /// Requirements file path -> BLAKE3 of the content that was installed.
+    pub requirements: BTreeMap<PathBuf, String>,
+}
+
+/// A requirements file as found now.
+#[derive(Debug, Clone, Serialize)]
+pub struct RequirementsFile {
+    pub path: PathBuf,
+    /// BLAKE3 of its content; `None` when it does not exist (yet).
+    pub blake3: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct VenvObserved {
+    pub venv: VenvObservation,
+    /// Whether the venv's interpreter is the one the spec asks for, and
+    /// what it is when not (absent for a missing venv).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub python_mismatch: Option<String>,
+    pub requirements: Vec<RequirementsFile>,
+    /// The venv's record; `None` when plasma never installed into it.
+    pub record: Option<Record>,
+}
+
+impl VenvObserved {
+    fn present(&self) -> Option<&ObservedVenv> {
+        match &self.venv {
+            VenvObservation::Present(v) => Some(v),
+            VenvObservation::Missing => None,
+        }
+    }
+}
+
+// ------------------------------------------------------------------ parsing
+
+impl Venv {
+    pub fn parse(r: &NodeReader<'_, '_>) -> Option<Self> {
+        let path = r.path("path");
+        let python = r.string("python").map(|s| {
+            let request = if looks_like_version(&s.value) {
+                PythonRequest::Version(s.value.clone())
+            } else if s.value.contains('/') || s.value.starts_with('~') {
+                PythonRequest::Path(r.cx.resolve_path(&s.value))
+            } else {
+                PythonRequest::Path(PathBuf::from(&s.value))
+            };
+            Spanned::new(request, s.span)
+        });
+        let pins = parse_pins(r);
+        let requirements: Vec<Spanned<PathBuf>> = r
+            .string_list("requirements")
+            .into_iter()
+            .map(|s| Spanned::new(r.cx.resolve_path(&s.value), s.span))
+            .collect();
+        let forbid: Vec<Spanned<String>> = r
+            .string_list("forbid")
+            .into_iter()
+            .map(|s| Spanned::new(normalize_name(&s.value), s.span))
+            .collect();
+        let index = r.opt_string("index").map(|s| IndexUrl::new(s.value));
+        let find_links: Vec<IndexUrl> = r
+            .string_list("find-links")
+            .into_iter()
+            .map(|s| {
+                if s.value.contains("://") {
+                    IndexUrl::new(s.value)
+                } else {
+                    IndexUrl::new(r.cx.resolve_path(&s.value).display().to_string())
+                }
+            })
+            .collect();
+        let installer = match r.opt_choice("installer", &["auto", "pip", "uv"]) {
+            Some(c) if c.value == "pip" => InstallerChoice::Pip,
+            Some(c) if c.value == "uv" => InstallerChoice::Uv,
+            _ => InstallerChoice::Auto,
+        };
+
+        // A package both pinned and forbidden can never be satisfied.
+        for pin in &pins {
+            let name = normalize_name(&pin.pin.name);
+            if let Some(f) = forbid.iter().find(|f| f.value == name) {
+                r.fail(
+                    Problem::error(
+                        "spec::pinned-and-forbidden",
+                        format!("`{name}` is both pinned and forbidden"),
+                    )
+                    .label(pin.span, "pinned here")
+                    .label(f.span, "forbidden here")
+                    .help("remove the pin or take it out of `forbid`"),
+                );
+            }
+        }
+        Some(Venv {
+            path: path?,
+            python: python?,
+            pins: pins_or_none(r, pins)?,
+            requirements,
+            forbid,
+            index,
+            find_links,
+            installer,
+        })
+    }
+
+    /// The venv's folder.
+    pub fn path(&self) -> &Path {
+        &self.path.value
+    }
+
+    /// The layer's view of this venv's packages (URLs with credentials
+    /// intact: only the installer's environment ever sees them).
+    pub fn package_spec(&self) -> PackageSpec {
+        PackageSpec {
+            pins: self.pins.iter().map(|p| p.pin.clone()).collect(),
+            forbid: self.forbid.iter().map(|f| f.value.clone()).collect(),
+            index: self.index.clone(),
+            find_links: self.find_links.clone(),
+        }
+    }
+
+    fn requirement_paths(&self) -> Vec<PathBuf> {
+        self.requirements.iter().map(|r| r.value.clone()).collect()
+    }
+
+    /// Installs requirements files into this venv under its pins and
+    /// forbids, for resources that build on the venv (a ComfyUI custom
+    /// node's `requirements.txt`). Blocking: call it from
+    /// `tokio::task::spawn_blocking`.
+    ///
+    /// Lines naming a pinned package are left out in favour of the pin and
+    /// reported in the returned log's `overridden`; a requirement that
+    /// would pull in a forbidden package fails before anything is
+    /// installed. The installers' output (credentials removed) is appended
+    /// to `log`. Afterwards the venv's record is updated with the new
+    /// installed set, so the venv does not report these packages as
+    /// installed outside plasma. The venv must exist (apply it first: make
+    /// the caller depend on it).
+    pub fn install_requirements_blocking(
+        &self,
+        files: &[PathBuf],
+        log: &Path,
+    ) -> Result<InstallLog, ResourceError> {
+        let venv = self.path();
+        if !matches!(
+            observe_venv(venv).map_err(py_error)?,
+            VenvObservation::Present(_)
+        ) {
+            return Err(ResourceError::new(format!(
+                "the venv {} does not exist yet",
+                venv.display()
+            ))
+            .help("apply the venv first (depend on it)"));
+        }
+        let installer = Installer::detect(self.installer).map_err(py_error)?;
+        let result = installer.install_requirements(venv, &self.package_spec(), files);
+        let install_log = finish_step(result, log)?;
+        let mut record = read_record(venv).unwrap_or_default();
+        record.installed = installed_now(venv)?;
+        write_record(venv, &record)?;
+        Ok(install_log)
+    }
+}
+
+fn looks_like_version(text: &str) -> bool {
+    let parts: Vec<&str> = text.split('.').collect();
+    (2..=3).contains(&parts.len())
+        && parts
+            .iter()
+            .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
+}
+
+/// `None` when a pin had an error (already reported), so the venv is dropped.
+fn pins_or_none(r: &NodeReader<'_, '_>, pins: Vec<DeclaredPin>) -> Option<Vec<DeclaredPin>> {
+    (!r.failed()).then_some(pins)
+}
+
+/// `package NAME "VERSION" index=URL extra-index=URL`, each an exact pin.
+fn parse_pins(r: &NodeReader<'_, '_>) -> Vec<DeclaredPin> {
+    let mut pins: Vec<DeclaredPin> = Vec::new();
+    for child in r.all("package") {
+        let index = r.prop_string(child, "index");
+        let extra_index = r.prop_string(child, "extra-index");
+        let args: Vec<_> = child
+            .entries()
+            .iter()
+            .filter(|e| e.name().is_none())
+            .collect();
+        let [name, version] = args.as_slice() else {
+            r.fail(
+                Problem::error(
+                    "spec::malformed-pin",
+                    "`package` takes a name and an exact version",
+                )
+                .label(child.name().span(), "here")
+                .help("write `package torch \"2.5.1\"`"),
+            );
+            continue;
+        };
+        let (Some(name), Some(version)) = (r.entry_string(name), r.entry_string(version)) else {
+            continue;
+        };
+        let bad_version = version.value.is_empty()
+            || version
+                .value
+                .contains(|c: char| "<>=!~*, ;".contains(c) || c.is_whitespace());
+        if bad_version {
+            r.fail(
+                Problem::error(
+                    "spec::malformed-pin",
+                    format!(
+                        "`{}` is not an exact version for {}",
+                        version.value, name.value
+                    ),
+                )
+                .label(version.span, "expected an exact version such as \"2.5.1\"")
+                .help("a pin is exact; put ranges in a requirements file"),
+            );
+            continue;
+        }
+        let normalized = normalize_name(&name.value);
+        if let Some(first) = pins
+            .iter()
+            .find(|p| normalize_name(&p.pin.name) == normalized)
+        {
+            r.fail(
+                Problem::error(
+                    "spec::duplicate-pin",
+                    format!("`{normalized}` is pinned twice"),
+                )
+                .label(name.span, "pinned again here")
+                .label(first.span, "first pinned here")
+                .help("keep one pin per package"),
+            );
+            continue;
+        }
+        let mut pin = Pin::new(name.value, version.value);
+        if let Some(index) = index {
+            pin = pin.with_index(IndexUrl::new(index.value));
+        }
+        if let Some(extra) = extra_index {
+            pin = pin.with_extra_index(IndexUrl::new(extra.value));
+        }
+        pins.push(DeclaredPin {
+            pin,
+            span: name.span,
+        });
+    }
+    pins
+}
+
+// -------------------------------------------------------------- observation
+
+/// The installed set as the record keeps it.
+fn installed_now(venv: &Path) -> Result<BTreeMap<String, String>, ResourceError> {
+    match observe_venv(venv).map_err(py_error)? {
+        VenvObservation::Present(v) => Ok(v.packages),
+        VenvObservation::Missing => Ok(BTreeMap::new()),
+    }
+}
+
+fn read_record(venv: &Path) -> Option<Record> {
+    let text = std::fs::read(venv.join(RECORD_FILE)).ok()?;
+    // A damaged record is no record: the plan then says so and apply rewrites it.
+    serde_json::from_slice(&text).ok()
+}
+
+fn write_record(venv: &Path, record: &Record) -> Result<(), ResourceError> {
+    let path = venv.join(RECORD_FILE);
+    let mut text = serde_json::to_vec_pretty(record).expect("a record serialises");
+    text.push(b'\n');
+    fsutil::write_atomic(&path, &text, None)
+        .map_err(|e| ResourceError::io("cannot write", &path, e))
+}
+
+fn hash_file(path: &Path) -> Result<Option<String>, ResourceError> {
+    match std::fs::read(path) {
+        Ok(bytes) => Ok(Some(blake3::hash(&bytes).to_hex().to_string())),
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::NotFound | std::io::ErrorKind::NotADirectory
+            ) =>
+        {
+            Ok(None)
+        }
+        Err(e) => Err(ResourceError::io("cannot read", path, e)),
+    }
+}
+
+/// Whether the venv was built on the requested interpreter; `Some(what it
+/// is)` when not. Reads `pyvenv.cfg` only (already parsed), never runs Python.
+fn python_mismatch(request: &PythonRequest, venv: &ObservedVenv) -> Option<String> {
+    let found = || match (&venv.python_version, &venv.home) {
+        (Some(v), Some(h)) => format!("Python {v} from {}", h.display()),
+        (Some(v), None) => format!("Python {v}"),
+        (None, Some(h)) => format!("Python from {}", h.display()),
+        (None, None) => "an unknown Python (pyvenv.cfg does not say)".to_string(),
+    };
+    match request {
+        PythonRequest::Version(wanted) => match &venv.python_version {
+            Some(v) if v.satisfies(wanted) => None,
+            _ => Some(found()),
+        },
+        PythonRequest::Path(wanted) => {
+            // A command name means the first one on PATH.
+            let wanted = if wanted.is_absolute() {
+                Some(wanted.clone())
+            } else {
+                InterpreterSearch::from_env().which(&wanted.display().to_string())
+            };
+            let (Some(wanted), Some(home)) = (wanted, &venv.home) else {
+                return Some(found());
+            };
+            let canonical = |p: &Path| p.canonicalize().ok();
+            let same_folder = wanted
+                .parent()
+                .is_some_and(|dir| canonical(dir).is_some() && canonical(dir) == canonical(home));
+            let same_file = wanted.file_name().is_some_and(|name| {
+                canonical(&wanted).is_some() && canonical(&home.join(name)) == canonical(&wanted)
+            });
+            (!(same_folder || same_file)).then(found)
+        }
+    }
+}
+
+// --------------------------------------------------------------------- diff
+
+/// What differs between a present venv and the spec, package by package.
+struct Differences {
+    /// Pins to install: (name, found version or None, pinned version).
+    pins: Vec<(String, Option<String>, String)>,
+    /// Forbidden packages present: (name, version).
+    forbidden: Vec<(String, String)>,
+    /// Installed outside plasma (not in the record): (name, version).
+    extra: Vec<(String, String)>,
+    /// In the record but changed or removed since: (name, found, recorded).
+    moved: Vec<(String, Option<String>, String)>,
+    /// Notes about requirements files, already worded.
+    requirements: Vec<String>,
+    /// Whether the requirements must be installed.
+    install_requirements: bool,
+    /// Plasma has no record of this venv.
+    unrecorded: bool,
+}
+
+impl Differences {
+    fn any(&self) -> bool {
+        !(self.pins.is_empty()
+            && self.forbidden.is_empty()
+            && self.extra.is_empty()
+            && self.moved.is_empty()
+            && !self.install_requirements
+            && !self.unrecorded)
+    }
+}
+
+impl Venv {
+    fn is_pinned(&self, name: &str) -> bool {
+        self.pins
+            .iter()
+            .any(|p| normalize_name(&p.pin.name) == name)
+    }
+
+    fn is_forbidden(&self, name: &str) -> bool {
+        self.forbid.iter().any(|f| f.value == name)
+    }
+
+    fn differences(&self, venv: &ObservedVenv, observed: &VenvObserved) -> Differences {
+        let installed = &venv.packages;
+        let pins = self
+            .pins
+            .iter()
+            .filter_map(|p| {
+                let name = normalize_name(&p.pin.name);
+                let found = installed.get(&name);
+                match found {
+                    Some(v) if version_matches_pin(v, &p.pin.version) => None,
+                    _ => Some((name, found.cloned(), p.pin.version.clone())),
+                }
+            })
+            .collect();
+        let forbidden = installed
+            .iter()
+            .filter(|(name, _)| self.is_forbidden(name))
+            .map(|(n, v)| (n.clone(), v.clone()))
+            .collect();
+
+        let mut extra = Vec::new();
+        let mut moved = Vec::new();
+        let mut requirements = Vec::new();
+        let mut install_requirements = false;
+        let record = observed.record.as_ref();
+        if let Some(record) = record {
+            // Pinned and forbidden packages are reported above, not twice.
+            let ours = |name: &String| !self.is_pinned(name) && !self.is_forbidden(name);
+            for (name, version) in installed.iter().filter(|(n, _)| ours(n)) {
+                if !record.installed.contains_key(name) {
+                    extra.push((name.clone(), version.clone()));
+                }
+            }
+            for (name, recorded) in record.installed.iter().filter(|(n, _)| ours(n)) {
+                match installed.get(name) {
+                    Some(found) if found == recorded => {}
+                    found => moved.push((name.clone(), found.cloned(), recorded.clone())),
+                }
+            }
+        }
+        for file in &observed.requirements {
+            let shown = file.path.display();
+            let recorded = record.and_then(|r| r.requirements.get(&file.path));
+            match (&file.blake3, recorded) {
+                (None, _) => {
+                    requirements.push(format!("{shown} does not exist yet"));
+                    install_requirements = true;
+                }
+                (Some(now), Some(then)) if now == then => {}
+                (Some(_), Some(_)) => {
+                    requirements.push(format!("{shown} changed since last apply"));
+                    install_requirements = true;
+                }
+                (Some(_), None) => {
+                    requirements.push(format!("{shown} is not installed by plasma yet"));
+                    install_requirements = true;
+                }
+            }
+        }
+        Differences {
+            pins,
+            forbidden,
+            extra,
+            moved,
+            requirements,
+            install_requirements,
+            unrecorded: record.is_none(),
+        }
+    }
+
+    /// The attribute lines a new venv gets in the plan.
+    fn creation_attributes(&self, mut diff: Diff) -> Diff {
+        diff = diff
+            .attribute("path", None, Some(self.path.value.display().to_string()))
+            .attribute("python", None, Some(self.python.value.text()));
+        for p in &self.pins {
+            diff = diff.attribute(&normalize_name(&p.pin.name), None, Some(pin_text(&p.pin)));
+        }
+        for r in &self.requirements {
+            diff = diff.attribute("requirements", None, Some(r.value.display().to_string()));
+        }
+        if !self.forbid.is_empty() {
+            let names: Vec<&str> = self.forbid.iter().map(|f| f.value.as_str()).collect();
+            diff = diff.attribute("forbid", None, Some(names.join(" ")));
+        }
+        diff
+    }
+}
+
+/// `2.5.1 from https://download.pytorch.org/whl/cpu` (credentials redacted).
+fn pin_text(pin: &Pin) -> String {
+    match &pin.index {
+        Some(index) => format!("{} from {index}", pin.version),
+        None => pin.version.clone(),
+    }
+}
+
+// -------------------------------------------------------------------- apply
+
+/// What one apply does, decided from the observation.
+struct Steps {
+    /// Make the venv (replacing one on the wrong interpreter).
+    create: bool,
+    uninstall: Vec<String>,
+    /// Install the pins, plus recorded packages put back at their recorded
+    /// version (pins, as far as the installer is concerned).
+    install_pins: bool,
+    restore: Vec<Pin>,
+    install_requirements: bool,
+}
+
+/// Appends an install's output to the log; on failure also the error,
+/// and a help line pointing at the log.
+fn finish_step(
+    result: Result<InstallLog, PyError>,
+    log: &Path,
+) -> Result<InstallLog, ResourceError> {
+    match result {
+        Ok(done) => {
+            append_log(log, &done.output);
+            Ok(done)
+        }
+        Err(e) => {
+            append_log(log, &format!("error: {e}\n"));
+            Err(py_error(e).help(format!("the installers' output is in {}", log.display())))
+        }
+    }
+}
+
+fn append_log(log: &Path, text: &str) {
+    if let Some(dir) = log.parent() {
+        let _ = std::fs::create_dir_all(dir);
+    }
+    if let Ok(mut file) = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+    {
+        let _ = file.write_all(text.as_bytes());
+    }
+}
+
+fn py_error(e: PyError) -> ResourceError {
+    ResourceError::new(e.to_string())
+}
+
+impl Venv {
+    fn steps(&self, observed: &VenvObserved) -> Steps {
+        let Some(venv) = observed
+            .present()
+            .filter(|_| observed.python_mismatch.is_none())
+        else {
+            return Steps {
+                create: true,
+                uninstall: Vec::new(),
+                install_pins: !self.pins.is_empty(),
+                restore: Vec::new(),
+                install_requirements: !self.requirements.is_empty(),
+            };
+        };
+        let d = self.differences(venv, observed);
+        let mut uninstall: Vec<String> = d.forbidden.iter().map(|(n, _)| n.clone()).collect();
+        uninstall.extend(d.extra.iter().map(|(n, _)| n.clone()));
+        let restore: Vec<Pin> = d
+            .moved
+            .iter()
+            .map(|(name, _, recorded)| {
+                let mut pin = Pin::new(name, recorded);
+                pin.index = self.index.clone();
+                pin
+            })
+            .collect();
+        Steps {
+            create: false,
+            uninstall,
+            install_pins: !d.pins.is_empty() || !restore.is_empty(),
+            restore,
+            // Without a record, plasma cannot know the files were installed.
+            install_requirements: d.install_requirements
+                || (d.unrecorded && !self.requirements.is_empty()),
+        }
+    }
+
+    /// The blocking part of apply: every subprocess runs here.
+    fn apply_blocking(&self, steps: Steps, log: &Path) -> Result<Outputs, ResourceError> {
+        let venv = self.path();
+        let spec = self.package_spec();
+        let installer = Installer::detect(self.installer).map_err(py_error)?;
+        append_log(
+            log,
+            &format!("# plasma apply at {}\n", fsutil::now_rfc3339()),
+        );
+        // Digests as they were when installed: a file edited during the
+        // install shows as changed on the next plan.
+        let mut requirement_digests = BTreeMap::new();
+        if steps.install_requirements {
+            for file in &self.requirements {
+                match hash_file(&file.value)? {
+                    Some(digest) => {
+                        requirement_digests.insert(file.value.clone(), digest);
+                    }
+                    None => {
+                        return Err(ResourceError::new(format!(
+                            "requirements file {} does not exist",
+                            file.value.display()
+                        ))
+                        .help("check the path, or that the resource providing it is applied first (`depends-on`)"));
+                    }
+                }
+            }
+        }
+
+        let created_here = steps.create && !venv.exists();
+        let outcome = (|| {
+            if steps.create {
+                let interpreter = match &self.python.value {
+                    PythonRequest::Version(v) => find_interpreter(v),
+                    PythonRequest::Path(p) => find_interpreter(&p.display().to_string()),
+                }
+                .map_err(py_error)?;
+                finish_step(installer.create_venv(&interpreter, venv), log)?;
+            }
+            finish_step(installer.uninstall(venv, &steps.uninstall), log)?;
+            if steps.install_pins {
+                let mut with_restored = spec.clone();
+                with_restored.pins.extend(steps.restore.iter().cloned());
+                finish_step(installer.install_pins(venv, &with_restored), log)?;
+            }
+            let mut overridden = Vec::new();
+            if steps.install_requirements {
+                let done = finish_step(
+                    installer.install_requirements(venv, &spec, &self.requirement_paths()),
+                    log,
+                )?;
+                overridden = done.overridden;
+            }
+            Ok(overridden)
+        })();
+        let overridden = match outcome {
+            Ok(o) => o,
+            Err(e) => {
+                // A venv this apply made from nothing is not left half-made.
+                if created_here {
+                    let _ = std::fs::remove_dir_all(venv);
+                }
+                return Err(e);
+            }
+        };
+
+        let mut record = if steps.install_requirements {
+            Record {
+                requirements: requirement_digests,
+                ..Record::default()
+            }
+        } else {
+            read_record(venv).unwrap_or_default()
+        };
+        record.installed = installed_now(venv)?;
+        write_record(venv, &record)?;
+
+        let mut outputs = Outputs::new();
+        if !overridden.is_empty() {
+            let lines: Vec<String> = overridden
+                .iter()
+                .map(|o| {
+                    format!(
+                        "{} holds over `{}` in {}",
+                        o.pinned,
+                        o.requirement,
+                        o.file.display()
+                    )
+                })
+                .collect();
+            append_log(
+                log,
+                &lines
+                    .iter()
+                    .map(|l| format!("pinned: {l}\n"))
+                    .collect::<String>(),
+            );
+            outputs.insert("overridden".into(), json!(lines));
+        }
+        Ok(outputs)
+    }
+}
+
+// --------------------------------------------------------------------- kind
+
+#[async_trait]
+impl Kind for Venv {
+    type Observed = VenvObserved;
+    const KIND: &'static str = "venv";
+
+    fn desired(&self) -> Value {
+        // IndexUrl serialises redacted: no credential reaches state.
+        json!({
+            "path": self.path.value,
+            "python": self.python.value.text(),
+            "installer": self.installer,
+            "packages": self.package_spec(),
+            "requirements": self.requirement_paths(),
+        })
+    }
+
+    fn owned_paths(&self) -> Vec<PathBuf> {
+        vec![self.path.value.clone()]
+    }
+
+    async fn observe(&self, _cx: &ObserveContext<'_>) -> Result<VenvObserved, ResourceError> {
+        let this = self.clone();
+        tokio::task::spawn_blocking(move || this.observe_blocking())
+            .await
+            .map_err(|e| ResourceError::new(format!("observing the venv failed: {e}")))?
+    }
+
+    fn diff(&self, observed: &VenvObserved, _prior: Option<&ResourceState>) -> Diff {
+        let Some(venv) = observed.present() else {
+            return self.creation_attributes(Diff::new(Action::Create, "the venv does not exist"));
+        };
+        if let Some(found) = &observed.python_mismatch {
+            let mut diff = Diff::new(
+                Action::Replace,
+                format!(
+                    "the venv was built on {found}; the spec asks for {}",
+                    self.python.value.text()
+                ),
+            )
+            .attribute(
+                "python",
+                venv.python_version.map(|v| v.to_string()),
+                Some(self.python.value.text()),
+            );
+            diff.warnings.push(format!(
+                "{} will be deleted and rebuilt; packages installed in it by hand are lost",
+                self.path.value.display()
+            ));
+            return diff;
+        }
+        let d = self.differences(venv, observed);
+        if !d.any() {
+            return Diff::no_op();
+        }
+        let mut reasons: Vec<String> = Vec::new();
+        let mut diff = Diff::new(Action::Update, "");
+        for (name, found, pinned) in &d.pins {
+            diff = diff.attribute(name, found.clone(), Some(pinned.clone()));
+        }
+        if !d.pins.is_empty() {
+            reasons.push(match d.pins.as_slice() {
+                [(name, None, _)] => format!("{name} is not installed"),
+                [(name, Some(_), _)] => format!("{name} is off its pin"),
+                many => format!("{} pins to install", many.len()),
+            });
+        }
+        for (name, version) in &d.forbidden {
+            diff = diff.attribute(&format!("{name} (forbidden)"), Some(version.clone()), None);
+        }
+        if !d.forbidden.is_empty() {
+            let names: Vec<&str> = d.forbidden.iter().map(|(n, _)| n.as_str()).collect();
+            reasons.push(format!("forbidden {} installed", names.join(", ")));
+        }
+        for (name, version) in &d.extra {
+            diff = diff.attribute(
+                &format!("{name} (installed outside plasma)"),
+                Some(version.clone()),
+                None,
+            );
+        }
+        for (name, found, recorded) in &d.moved {
+            let label = match found {
+                Some(_) => format!("{name} (changed outside plasma)"),
+                None => format!("{name} (removed outside plasma)"),
+            };
+            diff = diff.attribute(&label, found.clone(), Some(recorded.clone()));
+        }
+        if !d.extra.is_empty() || !d.moved.is_empty() {
+            reasons.push(format!(
+                "{} package{} changed outside plasma",
+                d.extra.len() + d.moved.len(),
+                if d.extra.len() + d.moved.len() == 1 {
+                    ""
+                } else {
+                    "s"
+                }
+            ));
+        }
+        for note in &d.requirements {
+            diff = diff.attribute(note, None, None);
+        }
+        reasons.extend(d.requirements.iter().cloned());
+        if d.unrecorded {
+            reasons.push("plasma has no record of what is installed in this venv".into());
+            diff.warnings.push(
+                "the packages already in this venv are kept and recorded as they are after apply"
+                    .into(),
+            );
+        }
+        diff.reason = reasons.join("; ");
+        diff
+    }
+
+    async fn apply(
+        &self,
+        observed: &VenvObserved,
+        cx: &ApplyContext<'_>,
+    ) -> Result<Outputs, ResourceError> {
+        let steps = self.steps(observed);
+        let log = cx.log_file();
+        let this = self.clone();
+        let log_path = log.clone();
+        let outputs = tokio::task::spawn_blocking(move || this.apply_blocking(steps, &log_path))
+            .await
+            .map_err(|e| ResourceError::new(format!("installing into the venv failed: {e}")))??;
+        // Say on the terminal which requirement lines the pins overrode.
+        if let Some(lines) = outputs.get("overridden").and_then(Value::as_array) {
+            for line in lines.iter().filter_map(Value::as_str) {
+                let text = format!("{}: pin {line}", cx.address);
+                if cx.bars.is_hidden() {
+                    println!("{text}");
+                } else {
+                    let _ = cx.bars.println(text);
+                }
+            }
+        }
+        Ok(outputs)
+    }
+
+    fn outputs(&self, observed: &VenvObserved) -> Outputs {
+        let mut out = Outputs::new();
+        if let Some(v) = observed.present().and_then(|venv| venv.python_version) {
+            out.insert("python_version".into(), json!(v.to_string()));
+        }
+        if let Some(record) = &observed.record {
+            out.insert("installed".into(), json!(record.installed));
+            out.insert("requirements".into(), json!(record.requirements));
+        }
+        out
+    }
+
+    fn lint(&self, cx: &LintContext<'_>) -> Vec<Lint> {
+        let pins = self
+            .pins
+            .iter()
+            .map(|p| (normalize_name(&p.pin.name), p.span));
+        let files = self
+            .requirements
+            .iter()
+            .map(|r| (r.value.as_path(), r.span));
+        lint::cuda_only_packages(pins, files, cx)
+    }
+}
+
+impl Venv {
+    fn observe_blocking(&self) -> Result<VenvObserved, ResourceError> {
+        let venv = observe_venv(self.path())
+            .map_err(|e| py_error(e).help("move it away or point `path` at another folder"))?;
+        let python_mismatch = match &venv {
+            VenvObservation::Present(v) => python_mismatch(&self.python.value, v),
+            VenvObservation::Missing => None,
+        };
+        let record = match &venv {
+            VenvObservation::Present(_) => read_record(self.path()),
+            VenvObservation::Missing => None,
+        };
+        let requirements = self
+            .requirements
+            .iter()
+            .map(|r| {
+                Ok(RequirementsFile {
+                    path: r.value.clone(),
+                    blake3: hash_file(&r.value)?,
+                })
+            })
+            .collect::<Result<_, ResourceError>>()?;
+        Ok(VenvObserved {
+            venv,
+            python_mismatch,
+            requirements,
+            record,
+        })
+    }
+}
