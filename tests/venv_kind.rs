@@ -186,7 +186,7 @@ fn a_requirement_asking_for_a_newer_pin_leaves_the_pin_and_converges() {
     );
     let log = sb.read(".plasma/logs/venv.app.log");
     assert!(
-        log.contains("pinned: torchlike==2.5.1 holds over `torchlike>=2.6`"),
+        log.contains("pin torchlike==2.5.1 holds over `torchlike>=2.6`"),
         "{log}"
     );
     assert_no_secret(&sb, &[&plan, &apply, &again]);

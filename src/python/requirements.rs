@@ -30,6 +30,18 @@ pub struct OverriddenRequirement {
     pub pinned: String,
 }
 
+impl std::fmt::Display for OverriddenRequirement {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "pin {} holds over `{}` in {}",
+            self.pinned,
+            self.requirement,
+            self.file.display()
+        )
+    }
+}
+
 /// Writes filtered copies of `files` (and of the files they include with
 /// `-r`) into `out_dir`; returns the copies to pass with `-r`, and the
 /// overridden lines. `pins` maps normalised name -> pinned version.

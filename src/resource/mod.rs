@@ -18,6 +18,7 @@ use crate::spec::reader::NodeReader;
 use crate::spec::{Address, Spec};
 use crate::state::ResourceState;
 
+pub mod custom_node;
 pub mod file;
 pub mod link;
 pub mod model;
@@ -256,6 +257,7 @@ pub const KINDS: &[&str] = &[
     repo::Repo::KIND,
     model::Model::KIND,
     venv::Venv::KIND,
+    custom_node::CustomNode::KIND,
 ];
 
 /// Parses a resource node of the given kind; `None` when its fields had errors
@@ -267,6 +269,9 @@ pub fn parse(kind: &str, reader: &NodeReader<'_, '_>) -> Option<Box<dyn Resource
         venv::Venv::KIND => venv::Venv::parse(reader).map(|r| Box::new(r) as Box<dyn Resource>),
         repo::Repo::KIND => repo::Repo::parse(reader).map(|r| Box::new(r) as Box<dyn Resource>),
         model::Model::KIND => model::Model::parse(reader).map(|r| Box::new(r) as Box<dyn Resource>),
+        custom_node::CustomNode::KIND => {
+            custom_node::CustomNode::parse(reader).map(|r| Box::new(r) as Box<dyn Resource>)
+        }
         _ => None,
     }
 }

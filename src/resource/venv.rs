@@ -715,23 +715,10 @@ impl Venv {
 
         let mut outputs = Outputs::new();
         if !overridden.is_empty() {
-            let lines: Vec<String> = overridden
-                .iter()
-                .map(|o| {
-                    format!(
-                        "{} holds over `{}` in {}",
-                        o.pinned,
-                        o.requirement,
-                        o.file.display()
-                    )
-                })
-                .collect();
+            let lines: Vec<String> = overridden.iter().map(ToString::to_string).collect();
             append_log(
                 log,
-                &lines
-                    .iter()
-                    .map(|l| format!("pinned: {l}\n"))
-                    .collect::<String>(),
+                &lines.iter().map(|l| format!("{l}\n")).collect::<String>(),
             );
             outputs.insert("overridden".into(), json!(lines));
         }
@@ -869,7 +856,7 @@ impl Kind for Venv {
         // Say on the terminal which requirement lines the pins overrode.
         if let Some(lines) = outputs.get("overridden").and_then(Value::as_array) {
             for line in lines.iter().filter_map(Value::as_str) {
-                let text = format!("{}: pin {line}", cx.address);
+                let text = format!("{}: {line}", cx.address);
                 if cx.bars.is_hidden() {
                     println!("{text}");
                 } else {
