@@ -229,6 +229,9 @@ impl Venv {
         log: &Path,
     ) -> Result<InstallLog, ResourceError> {
         let venv = self.path();
+        // Custom nodes of one ComfyUI apply in parallel, into one venv.
+        let lock = install_lock(venv);
+        let _installing = lock.lock().unwrap_or_else(|e| e.into_inner());
         if !matches!(
             observe_venv(venv).map_err(py_error)?,
             VenvObservation::Present(_)
@@ -247,6 +250,16 @@ impl Venv {
         write_record(venv, &record)?;
         Ok(install_log)
     }
+}
+
+/// One lock per venv: installers are not safe to run twice at once on one
+/// environment, and neither is its record.
+fn install_lock(venv: &Path) -> std::sync::Arc<std::sync::Mutex<()>> {
+    static LOCKS: std::sync::LazyLock<
+        std::sync::Mutex<BTreeMap<PathBuf, std::sync::Arc<std::sync::Mutex<()>>>>,
+    > = std::sync::LazyLock::new(Default::default);
+    let mut locks = LOCKS.lock().unwrap_or_else(|e| e.into_inner());
+    locks.entry(venv.to_path_buf()).or_default().clone()
 }
 
 fn looks_like_version(text: &str) -> bool {
@@ -639,6 +652,8 @@ impl Venv {
     /// The blocking part of apply: every subprocess runs here.
     fn apply_blocking(&self, steps: Steps, log: &Path) -> Result<Outputs, ResourceError> {
         let venv = self.path();
+        let lock = install_lock(venv);
+        let _installing = lock.lock().unwrap_or_else(|e| e.into_inner());
         let spec = self.package_spec();
         let installer = Installer::detect(self.installer).map_err(py_error)?;
         append_log(

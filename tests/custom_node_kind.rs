@@ -1,0 +1,277 @@
+//! The `custom-node` kind end to end: a ComfyUI stand-in repository (a
+//! git repository the test makes, not ComfyUI itself), a custom node
+//! repository with a `requirements.txt` and an `install.py`, and a real venv
+//! installing wheels the test builds from a simple index on 127.0.0.1.
+
+#[path = "support/gitfix.rs"]
+mod gitfix;
+#[path = "support/pyfix.rs"]
+mod pyfix;
+#[path = "support/sandbox.rs"]
+mod sandbox;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::Command;
+
+use gitfix::{commit_file, git, init_repo};
+use plasma::python::{VenvObservation, observe_venv};
+use pyfix::PyIndex;
+use sandbox::Sandbox;
+
+fn python_version() -> String {
+    let out = Command::new("python3")
+        .args(["-c", "import sys; print('%d.%d' % sys.version_info[:2])"])
+        .output()
+        .expect("python3 on PATH");
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+fn packages(venv: &Path) -> BTreeMap<String, String> {
+    match observe_venv(venv).unwrap() {
+        VenvObservation::Present(v) => v.packages,
+        VenvObservation::Missing => panic!("no venv at {}", venv.display()),
+    }
+}
+
+/// The install.py every fixture node carries: it notes each run in the venv
+/// it ran under (`sys.prefix`), which proves it ran with the venv's Python.
+const INSTALL_PY: &str =
+    "import os, sys\nopen(os.path.join(sys.prefix, 'node-installed.txt'), 'a').write('ran\\n')\n";
+
+/// A ComfyUI stand-in at tag v1 (ignoring custom_nodes/ and venv/ as
+/// ComfyUI's own .gitignore does) and a node with requirements and an
+/// install script at tags v1.0 and v1.1.
+fn upstreams(sb: &Sandbox) {
+    let comfy = sb.path("up/comfy");
+    init_repo(&comfy);
+    commit_file(&comfy, ".gitignore", "/custom_nodes/\n/venv/\n", "ignore");
+    commit_file(&comfy, "main.py", "print('comfy')\n", "main");
+    git(&comfy, &["tag", "v1"]);
+
+    let node = sb.path("up/node");
+    init_repo(&node);
+    commit_file(&node, "__init__.py", "NODE_CLASS_MAPPINGS = {}\n", "node");
+    commit_file(&node, "install.py", INSTALL_PY, "install script");
+    // What custom nodes do: ask for a newer torch than the venv pins.
+    commit_file(
+        &node,
+        "requirements.txt",
+        "torchlike>=2.6\nhelper==1.0\n",
+        "requirements",
+    );
+    git(&node, &["tag", "v1.0"]);
+    commit_file(
+        &node,
+        "requirements.txt",
+        "torchlike>=2.6\nhelper==1.1\n",
+        "newer helper",
+    );
+    git(&node, &["tag", "v1.1"]);
+}
+
+fn spec(sb: &Sandbox, index: &PyIndex, node_rev: &str, extra: &str) -> String {
+    format!(
+        r#"
+repo comfyui {{
+    url "{comfy}"
+    rev "v1"
+    path "ComfyUI"
+}}
+
+venv comfyui {{
+    path "ComfyUI/venv"
+    python "{python}"
+    package torchlike "2.5.1"
+    forbid xformerslike
+    index "{index}"
+    installer "pip"
+    depends-on repo.comfyui
+}}
+
+custom-node manager {{
+    comfyui repo.comfyui
+    venv venv.comfyui
+    url "{node}"
+    rev "{node_rev}"
+    dir "ComfyUI-Manager"
+    install-script #true
+{extra}}}
+"#,
+        comfy = sb.path("up/comfy").display(),
+        node = sb.path("up/node").display(),
+        python = python_version(),
+        index = index.url(),
+    )
+}
+
+fn install_runs(sb: &Sandbox) -> usize {
+    std::fs::read_to_string(sb.path("ComfyUI/venv/node-installed.txt"))
+        .map_or(0, |t| t.lines().count())
+}
+
+#[test]
+fn a_node_is_cloned_its_requirements_held_under_the_pins_and_its_script_run_once() {
+    let index = PyIndex::standard();
+    let sb = Sandbox::new();
+    upstreams(&sb);
+    sb.spec(&spec(&sb, &index, "v1.0", ""));
+
+    let plan = sb.run(&["plan"]);
+    plan.code(0);
+    assert!(
+        plan.stdout
+            .contains("# custom-node.manager will be created"),
+        "{}",
+        plan.stdout
+    );
+    assert!(
+        plan.stdout.contains("+ requirements: requirements.txt, if the node has one, into venv.comfyui under its pins"),
+        "{}",
+        plan.stdout
+    );
+    assert!(
+        plan.stdout
+            .contains("+ install.py: run with venv.comfyui's Python"),
+        "{}",
+        plan.stdout
+    );
+
+    let apply = sb.run(&["apply", "--yes"]);
+    apply.code(0);
+    assert!(
+        sb.path("ComfyUI/custom_nodes/ComfyUI-Manager/__init__.py")
+            .is_file()
+    );
+    assert!(
+        apply
+            .stdout
+            .contains("custom-node.manager: pin torchlike==2.5.1 holds over `torchlike>=2.6`"),
+        "{}",
+        apply.stdout
+    );
+    let installed = packages(&sb.path("ComfyUI/venv"));
+    assert_eq!(installed["torchlike"], "2.5.1", "the pin holds");
+    assert_eq!(installed["helper"], "1.0");
+    assert_eq!(install_runs(&sb), 1);
+
+    // Converged: the venv does not count the node's packages as outside
+    // plasma, the ComfyUI clone is not dirty, nothing runs again.
+    sb.run(&["plan", "--detailed-exitcode"]).code(0);
+    sb.run(&["drift"]).code(0);
+    let again = sb.run(&["apply", "--yes"]);
+    again.code(0);
+    assert!(again.stdout.contains("No changes."), "{}", again.stdout);
+    assert_eq!(install_runs(&sb), 1);
+
+    let show = sb.run(&["show", "custom-node.manager"]);
+    assert!(
+        show.stdout.contains("requirements_blake3: "),
+        "{}",
+        show.stdout
+    );
+    assert!(
+        show.stdout.contains(&format!(
+            "folder: {}",
+            sb.path("ComfyUI/custom_nodes/ComfyUI-Manager").display()
+        )),
+        "{}",
+        show.stdout
+    );
+
+    // A new release of the node: the rev moves, the requirements are
+    // installed again under the pins, and the script runs again.
+    sb.spec(&spec(&sb, &index, "v1.1", ""));
+    let plan = sb.run(&["plan", "--detailed-exitcode"]);
+    plan.code(2);
+    assert!(plan.stdout.contains("~ rev: v1.0 ("), "{}", plan.stdout);
+    assert!(plan.stdout.contains("-> v1.1 ("), "{}", plan.stdout);
+    sb.run(&["apply", "--yes"]).code(0);
+    let installed = packages(&sb.path("ComfyUI/venv"));
+    assert_eq!(installed["helper"], "1.1");
+    assert_eq!(installed["torchlike"], "2.5.1");
+    assert_eq!(install_runs(&sb), 2);
+    sb.run(&["plan", "--detailed-exitcode"]).code(0);
+}
+
+#[test]
+fn a_node_requirement_pulling_a_forbidden_package_fails_and_runs_nothing() {
+    let index = PyIndex::standard();
+    let sb = Sandbox::new();
+    upstreams(&sb);
+    let node = sb.path("up/node");
+    commit_file(&node, "requirements.txt", "fancy_node\n", "needs xformers");
+    git(&node, &["tag", "v2.0"]);
+    sb.spec(&spec(&sb, &index, "v2.0", ""));
+    let apply = sb.run(&["apply", "--yes"]);
+    apply.code(1);
+    let output = format!("{}{}", apply.stdout, apply.stderr);
+    assert!(output.contains("xformerslike"), "{output}");
+    assert!(output.contains("fancy-node"), "{output}");
+    let installed = packages(&sb.path("ComfyUI/venv"));
+    assert!(!installed.contains_key("xformerslike"));
+    assert!(!installed.contains_key("fancy-node"));
+    assert_eq!(
+        install_runs(&sb),
+        0,
+        "install.py does not run after a failed install"
+    );
+}
+
+#[test]
+fn custom_node_spec_errors_point_at_their_fields() {
+    let sb = Sandbox::new();
+    sb.spec(
+        r#"
+custom-node broken {
+    comfyui venv.comfyui
+    venv venv.nothing
+    url "https://example.invalid/node.git"
+    rev "v1"
+    dir "../escape"
+}
+"#,
+    );
+    let run = sb.run(&["validate"]);
+    run.code(1);
+    assert!(
+        run.stderr
+            .contains("`venv.comfyui` is not a reference to a repo"),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        run.stderr.contains("`../escape` is not a folder name"),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        run.stderr
+            .contains("`custom-node.broken` refers to `venv.nothing`, which is not declared"),
+        "{}",
+        run.stderr
+    );
+}
+
+#[test]
+fn two_nodes_install_into_one_venv_in_parallel_and_converge() {
+    let index = PyIndex::standard();
+    let sb = Sandbox::new();
+    upstreams(&sb);
+    let other = sb.path("up/other");
+    init_repo(&other);
+    commit_file(&other, "requirements.txt", "visionlike\n", "requirements");
+    git(&other, &["tag", "v0.1"]);
+    let second = format!(
+        "}}\n\ncustom-node other {{\n    comfyui repo.comfyui\n    venv venv.comfyui\n    url \"{}\"\n    rev \"v0.1\"\n",
+        other.display()
+    );
+    sb.spec(&spec(&sb, &index, "v1.0", &second));
+    sb.run(&["apply", "--yes", "--parallelism", "4"]).code(0);
+    let installed = packages(&sb.path("ComfyUI/venv"));
+    assert_eq!(installed["helper"], "1.0");
+    assert_eq!(installed["visionlike"], "0.20.1");
+    assert_eq!(installed["torchlike"], "2.5.1");
+    // Both nodes' packages are in the venv's record: nothing is drift.
+    sb.run(&["drift"]).code(0);
+}
