@@ -1,0 +1,237 @@
+//! `apply`, from the spec or from a saved plan.
+
+use super::*;
+
+pub(super) async fn apply_spec(
+    env: &Env,
+    observe: &ObserveArgs,
+    yes: bool,
+    options: &ApplyOptions,
+    lock_timeout: Duration,
+) -> CommandResult {
+    let loaded = load(env)?;
+    let _lock = loaded.state_file.lock(lock_timeout, "apply")?;
+    let state = loaded.state_file.load()?;
+    let selected = engine::select(&loaded, &observe.targets)?;
+    let results = engine::observe(&loaded, state.as_ref(), &observe.options(), &selected).await;
+    let plan = engine::make_plan(&loaded, &results, state.as_ref());
+    print!("{}", render::plan(&plan, env.style));
+    if !plan.errors.is_empty() {
+        return Err(Failure::Message(
+            "the plan has errors; nothing was changed".into(),
+        ));
+    }
+    let observations = results
+        .into_iter()
+        .map(|r| r.and_then(Result::ok))
+        .collect::<Vec<_>>();
+    if !plan.has_changes() {
+        // Nothing to change, but resources that already match are recorded.
+        let mut state = state.unwrap_or_default();
+        if apply::record_converged(&loaded, &plan, &observations, &mut state) {
+            loaded.state_file.save(&mut state)?;
+        }
+        return Ok(EXIT_OK);
+    }
+    if !yes {
+        confirm()?;
+    }
+    run_apply(env, &loaded, &plan, &observations, state, options).await
+}
+
+/// Asks for "yes" on a terminal; elsewhere `--yes` is required.
+fn confirm() -> Result<(), Failure> {
+    if !std::io::stdin().is_terminal() {
+        return Err(Failure::Message(
+            "apply needs --yes when it is not run from a terminal (nothing was changed)".into(),
+        ));
+    }
+    print!("\nDo you want to perform these actions? Only 'yes' will be accepted: ");
+    let _ = std::io::stdout().flush();
+    let mut answer = String::new();
+    std::io::stdin()
+        .read_line(&mut answer)
+        .map_err(|e| Failure::Message(format!("cannot read the answer: {e}")))?;
+    if answer.trim() == "yes" {
+        Ok(())
+    } else {
+        Err(Failure::Message(
+            "apply cancelled; nothing was changed".into(),
+        ))
+    }
+}
+
+pub(super) async fn apply_saved(
+    env: &Env,
+    file: &Path,
+    options: &ApplyOptions,
+    lock_timeout: Duration,
+) -> CommandResult {
+    let text = std::fs::read(file)
+        .map_err(|e| Failure::Message(format!("cannot read the plan {}: {e}", file.display())))?;
+    let saved: Plan = serde_json::from_slice(&text).map_err(|e| {
+        Failure::Message(format!(
+            "{} is not a plan saved by `plasma plan --out`: {e}",
+            file.display()
+        ))
+    })?;
+    if saved.format_version != PLAN_FORMAT {
+        return Err(Failure::Message(format!(
+            "{} has plan format {}; this plasma reads format {PLAN_FORMAT}",
+            file.display(),
+            saved.format_version
+        )));
+    }
+    let spec_file = env
+        .cli_file
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(&saved.basis.spec));
+    let loaded = engine::load(&spec_file, env.state.as_deref())?;
+    let stale = |why: String| {
+        Failure::Message(format!(
+            "the saved plan {} is stale: {why}. Nothing was changed; run `plasma plan --out {}` again.",
+            file.display(),
+            file.display()
+        ))
+    };
+    if loaded.spec.digest() != saved.basis.spec_digest {
+        return Err(stale(format!(
+            "{} changed since the plan was made",
+            loaded.spec.path.display()
+        )));
+    }
+    let _lock = loaded.state_file.lock(lock_timeout, "apply")?;
+    let state = loaded.state_file.load()?;
+    let lineage = state.as_ref().map(|s| s.lineage.clone());
+    let serial = state.as_ref().map_or(0, |s| s.serial);
+    if lineage != saved.basis.state_lineage || serial != saved.basis.state_serial {
+        return Err(stale(format!(
+            "the state changed since the plan was made (serial {} then, {serial} now)",
+            saved.basis.state_serial
+        )));
+    }
+    let selected: Vec<bool> = loaded
+        .spec
+        .resources
+        .iter()
+        .map(|r| saved.get(&r.address.to_string()).is_some())
+        .collect();
+    let results = engine::observe(
+        &loaded,
+        state.as_ref(),
+        &ObserveOptions::default(),
+        &selected,
+    )
+    .await;
+    let mut observations = Vec::new();
+    for (declared, result) in loaded.spec.resources.iter().zip(results) {
+        let address = declared.address.to_string();
+        let observation = match result {
+            None => None,
+            Some(Ok(o)) => Some(o),
+            Some(Err(e)) => return Err(stale(format!("{address} can no longer be observed: {e}"))),
+        };
+        if let (Some(o), Some(planned)) = (&observation, saved.get(&address))
+            && o.fingerprint != planned.fingerprint
+        {
+            return Err(stale(format!(
+                "{address} changed on the machine since the plan was made"
+            )));
+        }
+        observations.push(observation);
+    }
+    println!("Applying the saved plan {}.", file.display());
+    run_apply(env, &loaded, &saved, &observations, state, options).await
+}
+
+struct Printer {
+    style: Style,
+}
+
+impl Progress for Printer {
+    fn started(&self, address: &str, action: Action) {
+        let verb = match action {
+            Action::Create => "Creating",
+            Action::Update => "Updating",
+            Action::Replace => "Replacing",
+            Action::Run => "Running",
+            Action::Forget => "Forgetting",
+            Action::NoOp => "Checking",
+        };
+        println!("{address}: {verb}...");
+    }
+
+    fn finished(&self, address: &str, outcome: &Outcome) {
+        match outcome {
+            Outcome::Applied { action, seconds } => {
+                let verb = match action {
+                    Action::Create => "Created",
+                    Action::Update => "Updated",
+                    Action::Replace => "Replaced",
+                    Action::Run => "Ran",
+                    Action::Forget => "Forgotten",
+                    Action::NoOp => "Unchanged",
+                };
+                println!("{address}: {} [{seconds:.1}s]", self.style.green(verb));
+            }
+            Outcome::Failed(e) => println!("{address}: {} {e}", self.style.red("failed:")),
+            Outcome::Skipped(why) => {
+                println!("{address}: {} ({why})", self.style.yellow("skipped"))
+            }
+        }
+    }
+
+    fn interrupted(&self) {
+        eprintln!(
+            "Interrupted: finishing what is running, then writing state. Press Ctrl-C again to stop at once."
+        );
+    }
+}
+
+async fn run_apply(
+    env: &Env,
+    loaded: &Loaded,
+    plan: &Plan,
+    observations: &[Option<Observation>],
+    state: Option<State>,
+    options: &ApplyOptions,
+) -> CommandResult {
+    let mut state = state.unwrap_or_default();
+    let printer = Printer { style: env.style };
+    println!();
+    let report = apply::run(loaded, plan, observations, &mut state, options, &printer).await?;
+    let applied = report
+        .outcomes
+        .iter()
+        .filter(|(_, o)| matches!(o, Outcome::Applied { .. }))
+        .count();
+    let skipped = report
+        .outcomes
+        .iter()
+        .filter(|(_, o)| matches!(o, Outcome::Skipped(_)))
+        .count();
+    let failed = report.failed();
+    println!(
+        "\n{} {applied} applied, {failed} failed, {skipped} skipped.",
+        if failed == 0 && !report.interrupted {
+            env.style.green("Apply complete!")
+        } else {
+            env.style.red("Apply incomplete:")
+        }
+    );
+    for (address, outcome) in &report.outcomes {
+        if let Outcome::Failed(e) = outcome {
+            eprintln!("Error: {address}: {e}");
+            if let Some(help) = &e.help {
+                eprintln!("  help: {help}");
+            }
+        }
+    }
+    Ok(if report.interrupted {
+        EXIT_INTERRUPTED
+    } else if failed > 0 {
+        EXIT_ERROR
+    } else {
+        EXIT_OK
+    })
+}

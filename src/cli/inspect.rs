@@ -1,0 +1,144 @@
+//! `show` and `state`: what is observed and what was recorded.
+
+use super::*;
+
+pub(super) async fn show(env: &Env, address: &str, json: bool) -> CommandResult {
+    let loaded = load(env)?;
+    let state = loaded.state_file.load()?;
+    let Some(index) = loaded
+        .spec
+        .resources
+        .iter()
+        .position(|r| r.address.to_string() == address)
+    else {
+        return Err(engine::select(&loaded, &[address.to_string()])
+            .err()
+            .map_or_else(
+                || Failure::Message(format!("no resource `{address}`")),
+                Failure::from,
+            ));
+    };
+    let mut selected = vec![false; loaded.spec.resources.len()];
+    selected[index] = true;
+    let results = engine::observe(
+        &loaded,
+        state.as_ref(),
+        &ObserveOptions::default(),
+        &selected,
+    )
+    .await;
+    let observation = results
+        .into_iter()
+        .nth(index)
+        .flatten()
+        .expect("the selected resource was observed")
+        .map_err(|e| Failure::Message(format!("{address}: {e}")))?;
+    let recorded = state.as_ref().and_then(|s| s.resources.get(address));
+    let view = schema::ShowReport {
+        address: address.to_string(),
+        observed: observation.json.clone(),
+        desired: loaded.spec.resources[index].resource.desired(),
+        state: recorded.cloned(),
+    };
+    if json {
+        print_json(&view);
+    } else {
+        println!("# {address}");
+        println!("observed:");
+        print_value(&view.observed, 1);
+        println!("desired:");
+        print_value(&view.desired, 1);
+        match recorded {
+            Some(entry) => {
+                println!(
+                    "last applied: {}",
+                    humantime::format_rfc3339_seconds(
+                        std::time::UNIX_EPOCH + Duration::from_secs(entry.applied_at)
+                    )
+                );
+                println!("outputs:");
+                print_value(&serde_json::Value::Object(entry.outputs.clone()), 1);
+            }
+            None => println!("never applied"),
+        }
+    }
+    Ok(EXIT_OK)
+}
+
+/// A JSON value as indented `key: value` lines.
+fn print_value(value: &serde_json::Value, depth: usize) {
+    let pad = "  ".repeat(depth);
+    match value {
+        serde_json::Value::Object(map) => {
+            for (k, v) in map {
+                match v {
+                    serde_json::Value::Object(_) | serde_json::Value::Array(_) => {
+                        println!("{pad}{k}:");
+                        print_value(v, depth + 1);
+                    }
+                    serde_json::Value::String(s) => println!("{pad}{k}: {s}"),
+                    other => println!("{pad}{k}: {other}"),
+                }
+            }
+        }
+        serde_json::Value::Array(items) => {
+            for item in items {
+                match item {
+                    serde_json::Value::String(s) => println!("{pad}- {s}"),
+                    serde_json::Value::Object(_) => {
+                        println!("{pad}-");
+                        print_value(item, depth + 1);
+                    }
+                    other => println!("{pad}- {other}"),
+                }
+            }
+        }
+        serde_json::Value::String(s) => println!("{pad}{s}"),
+        other => println!("{pad}{other}"),
+    }
+}
+
+pub(super) fn state_command(env: &Env, cmd: StateCommand) -> CommandResult {
+    let spec = spec_path(env)?;
+    let state_file = match &env.state {
+        Some(p) => crate::state::StateFile { path: p.clone() },
+        None => crate::state::StateFile::beside(spec.parent().unwrap_or(Path::new("."))),
+    };
+    let state = state_file.load()?;
+    match cmd {
+        StateCommand::List => {
+            for (address, entry) in state.iter().flat_map(|s| &s.resources) {
+                println!(
+                    "{address}\t{}",
+                    humantime::format_rfc3339_seconds(
+                        std::time::UNIX_EPOCH + Duration::from_secs(entry.applied_at)
+                    )
+                );
+            }
+            Ok(EXIT_OK)
+        }
+        StateCommand::Show { address } => {
+            let entry = state
+                .as_ref()
+                .and_then(|s| s.resources.get(&address))
+                .ok_or_else(|| Failure::Message(format!("`{address}` is not in the state")))?;
+            print_json(entry);
+            Ok(EXIT_OK)
+        }
+        StateCommand::Rm {
+            address,
+            lock_timeout,
+        } => {
+            let _lock = state_file.lock(lock_timeout, "state rm")?;
+            let mut state = state_file
+                .load()?
+                .ok_or_else(|| Failure::Message("there is no state yet".into()))?;
+            if state.resources.remove(&address).is_none() {
+                return Err(Failure::Message(format!("`{address}` is not in the state")));
+            }
+            state_file.save(&mut state)?;
+            println!("Removed {address} from the state (its files are kept).");
+            Ok(EXIT_OK)
+        }
+    }
+}
