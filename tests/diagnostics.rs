@@ -154,3 +154,22 @@ fn validate_json_locates_each_problem() {
     assert_eq!(report["problems"][0]["line"], 4);
     assert_eq!(report["problems"][0]["column"], 5);
 }
+
+#[test]
+fn diagnostics_quote_the_spec_with_url_credentials_masked() {
+    let run = validate(
+        r#"repo comfyui {
+    url "https://alice:t0ps3cret@git.example.invalid/ComfyUI.git" mirror=1
+    rev "v1"
+    path "/tmp/comfy"
+}
+"#,
+    );
+    assert!(!run.stderr.contains("t0ps3cret"), "{}", run.stderr);
+    assert!(
+        run.stderr
+            .contains("https://***************@git.example.invalid/ComfyUI.git"),
+        "{}",
+        run.stderr
+    );
+}
