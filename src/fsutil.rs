@@ -61,6 +61,15 @@ pub fn sync_parent(path: &Path) -> io::Result<()> {
     }
 }
 
+/// Whether an error from looking at a path means nothing is there: it does
+/// not exist, or a component of it is a file (so it cannot exist).
+pub fn is_absent(err: &io::Error) -> bool {
+    matches!(
+        err.kind(),
+        io::ErrorKind::NotFound | io::ErrorKind::NotADirectory
+    )
+}
+
 /// Reads a file if it is at most `limit` bytes; `Ok(None)` when it is larger.
 pub fn read_limited(path: &Path, limit: u64) -> io::Result<Option<Vec<u8>>> {
     let file = File::open(path)?;

@@ -17,6 +17,7 @@ pub mod graph;
 pub mod hashcache;
 pub mod hashing;
 pub mod lint;
+pub mod logfile;
 pub mod pin;
 pub mod plan;
 pub mod python;

@@ -312,14 +312,7 @@ async fn run_install_script(python: &Path, folder: &Path, log: &Path) -> Result<
         String::from_utf8_lossy(&output.stdout),
         String::from_utf8_lossy(&output.stderr)
     );
-    if let Some(dir) = log.parent() {
-        let _ = std::fs::create_dir_all(dir);
-    }
-    let _ = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(log)
-        .and_then(|mut f| std::io::Write::write_all(&mut f, text.as_bytes()));
+    crate::logfile::append(log, &text);
     if output.status.success() {
         return Ok(());
     }

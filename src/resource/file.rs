@@ -157,12 +157,7 @@ impl Kind for File {
         let path = &self.path.value;
         let meta = match std::fs::symlink_metadata(path) {
             Ok(m) => m,
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::NotFound | std::io::ErrorKind::NotADirectory
-                ) =>
-            {
+            Err(e) if crate::fsutil::is_absent(&e) => {
                 return Ok(FileObserved {
                     found: "absent",
                     size: None,

@@ -59,12 +59,7 @@ impl Kind for Link {
         let target_exists = self.target.value.exists();
         let meta = match std::fs::symlink_metadata(path) {
             Ok(m) => m,
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::NotFound | std::io::ErrorKind::NotADirectory
-                ) =>
-            {
+            Err(e) if crate::fsutil::is_absent(&e) => {
                 return Ok(LinkObserved {
                     found: "absent",
                     target: None,

@@ -12,6 +12,8 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use async_trait::async_trait;
+
+use crate::logfile::LogFile;
 use miette::SourceSpan;
 use serde::Serialize;
 use serde_json::{Value, json};
@@ -333,12 +335,7 @@ impl Kind for Model {
         let path = &self.path.value;
         let meta = match std::fs::metadata(path) {
             Ok(m) => m,
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::NotFound | std::io::ErrorKind::NotADirectory
-                ) =>
-            {
+            Err(e) if crate::fsutil::is_absent(&e) => {
                 let partial_bytes = std::fs::metadata(download::part_path(path))
                     .ok()
                     .filter(|m| m.is_file() && m.len() > 0)
@@ -502,7 +499,7 @@ impl Kind for Model {
         cx: &ApplyContext<'_>,
     ) -> Result<Outputs, ResourceError> {
         let dest = self.path.value.clone();
-        let log = Log::open(&cx.log_file());
+        let log = LogFile::open(&cx.log_file());
         let bar = DownloadBar::new(cx.bars, &cx.address.to_string());
         log.line(&format!(
             "placing {} from {}",
@@ -623,32 +620,6 @@ fn resource_error(error: DownloadError) -> ResourceError {
     match help {
         Some(help) => resource_error.help(help),
         None => resource_error,
-    }
-}
-
-/// Appends lines to the resource's log file; logging never fails an apply.
-struct Log(Option<Mutex<std::fs::File>>);
-
-impl Log {
-    fn open(path: &Path) -> Log {
-        if let Some(dir) = path.parent() {
-            let _ = std::fs::create_dir_all(dir);
-        }
-        Log(std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)
-            .ok()
-            .map(Mutex::new))
-    }
-
-    fn line(&self, text: &str) {
-        use std::io::Write;
-        if let Some(file) = &self.0
-            && let Ok(mut file) = file.lock()
-        {
-            let _ = writeln!(file, "{} {text}", crate::fsutil::now_rfc3339());
-        }
     }
 }
 

@@ -11,11 +11,12 @@
 //!   is where `apply --refresh` leaves it). Only `--refresh` looks upstream
 //!   (`git ls-remote`), so `plan` and `drift` never touch the network.
 
-use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use async_trait::async_trait;
+
+use crate::logfile::LogFile;
 use miette::SourceSpan;
 use serde::Serialize;
 use serde_json::{Value, json};
@@ -604,8 +605,8 @@ impl Checkout {
         spinner.set_message(format!("{label}: git"));
         spinner.enable_steady_tick(Duration::from_millis(120));
         let result = tokio::task::spawn_blocking(move || {
-            let mut log = Log::open(&log);
-            let result = this.apply_blocking(&this.git(), &observed, &mut log);
+            let log = LogFile::open(&log);
+            let result = this.apply_blocking(&this.git(), &observed, &log);
             if let Err(e) = &result {
                 log.line(&format!("failed: {}", e.message));
             }
@@ -621,7 +622,7 @@ impl Checkout {
         &self,
         git: &Git,
         observed: &CheckoutObserved,
-        log: &mut Log,
+        log: &LogFile,
     ) -> Result<(), ResourceError> {
         let url = self.url.expose();
         let rev = &self.rev.value;
@@ -758,32 +759,6 @@ impl Checkout {
             "remove `submodules #false` (kohya_ss needs its sd-scripts submodule), or \
              `allow submodules-not-initialised` if the repository has none you need",
         )]
-    }
-}
-
-/// Appends what apply did to the resource's log file; a log that cannot be
-/// written never fails the apply.
-struct Log {
-    file: Option<std::fs::File>,
-}
-
-impl Log {
-    fn open(path: &Path) -> Log {
-        if let Some(dir) = path.parent() {
-            let _ = std::fs::create_dir_all(dir);
-        }
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)
-            .ok();
-        Log { file }
-    }
-
-    fn line(&mut self, text: &str) {
-        if let Some(f) = &mut self.file {
-            let _ = writeln!(f, "{text}");
-        }
     }
 }
 

@@ -18,10 +18,11 @@
 //! record is also published in this resource's state outputs.
 
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use async_trait::async_trait;
+
+use crate::logfile;
 use miette::SourceSpan;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -585,26 +586,13 @@ fn finish_step(
 ) -> Result<InstallLog, ResourceError> {
     match result {
         Ok(done) => {
-            append_log(log, &done.output);
+            logfile::append(log, &done.output);
             Ok(done)
         }
         Err(e) => {
-            append_log(log, &format!("error: {e}\n"));
+            logfile::append(log, &format!("error: {e}\n"));
             Err(py_error(e).help(format!("the installers' output is in {}", log.display())))
         }
-    }
-}
-
-fn append_log(log: &Path, text: &str) {
-    if let Some(dir) = log.parent() {
-        let _ = std::fs::create_dir_all(dir);
-    }
-    if let Ok(mut file) = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(log)
-    {
-        let _ = file.write_all(text.as_bytes());
     }
 }
 
@@ -656,7 +644,7 @@ impl Venv {
         let _installing = lock.lock().unwrap_or_else(|e| e.into_inner());
         let spec = self.package_spec();
         let installer = Installer::detect(self.installer).map_err(py_error)?;
-        append_log(
+        logfile::append(
             log,
             &format!("# plasma apply at {}\n", fsutil::now_rfc3339()),
         );
@@ -731,7 +719,7 @@ impl Venv {
         let mut outputs = Outputs::new();
         if !overridden.is_empty() {
             let lines: Vec<String> = overridden.iter().map(ToString::to_string).collect();
-            append_log(
+            logfile::append(
                 log,
                 &lines.iter().map(|l| format!("{l}\n")).collect::<String>(),
             );
