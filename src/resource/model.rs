@@ -371,6 +371,8 @@ impl Kind for Model {
         let sha256 = match cached {
             Some(digest) => digest,
             None => {
+                // One file per core at a time: more would only take turns.
+                let _core = hashing_slots().acquire().await.expect("never closed");
                 let owned = path.clone();
                 let digest = tokio::task::spawn_blocking(move || hashing::hash_file(&owned))
                     .await
@@ -684,4 +686,12 @@ impl download::Progress for DownloadBar {
             all.inc(n);
         }
     }
+}
+
+/// Slots for hashing model files, one per core.
+fn hashing_slots() -> &'static tokio::sync::Semaphore {
+    static SLOTS: OnceLock<tokio::sync::Semaphore> = OnceLock::new();
+    SLOTS.get_or_init(|| {
+        tokio::sync::Semaphore::new(std::thread::available_parallelism().map_or(1, |n| n.get()))
+    })
 }
