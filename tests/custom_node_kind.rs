@@ -10,29 +10,9 @@ mod pyfix;
 #[path = "support/sandbox.rs"]
 mod sandbox;
 
-use std::collections::BTreeMap;
-use std::path::Path;
-use std::process::Command;
-
 use gitfix::{commit_file, git, init_repo};
-use plasma::python::{VenvObservation, observe_venv};
-use pyfix::PyIndex;
+use pyfix::{PyIndex, python_version, venv_packages};
 use sandbox::Sandbox;
-
-fn python_version() -> String {
-    let out = Command::new("python3")
-        .args(["-c", "import sys; print('%d.%d' % sys.version_info[:2])"])
-        .output()
-        .expect("python3 on PATH");
-    String::from_utf8(out.stdout).unwrap().trim().to_string()
-}
-
-fn packages(venv: &Path) -> BTreeMap<String, String> {
-    match observe_venv(venv).unwrap() {
-        VenvObservation::Present(v) => v.packages,
-        VenvObservation::Missing => panic!("no venv at {}", venv.display()),
-    }
-}
 
 /// The install.py every fixture node carries: it notes each run in the venv
 /// it ran under (`sys.prefix`), which proves it ran with the venv's Python.
@@ -150,7 +130,7 @@ fn a_node_is_cloned_its_requirements_held_under_the_pins_and_its_script_run_once
         "{}",
         apply.stdout
     );
-    let installed = packages(&sb.path("ComfyUI/venv"));
+    let installed = venv_packages(&sb.path("ComfyUI/venv"));
     assert_eq!(installed["torchlike"], "2.5.1", "the pin holds");
     assert_eq!(installed["helper"], "1.0");
     assert_eq!(install_runs(&sb), 1);
@@ -187,7 +167,7 @@ fn a_node_is_cloned_its_requirements_held_under_the_pins_and_its_script_run_once
     assert!(plan.stdout.contains("~ rev: v1.0 ("), "{}", plan.stdout);
     assert!(plan.stdout.contains("-> v1.1 ("), "{}", plan.stdout);
     sb.run(&["apply", "--yes"]).code(0);
-    let installed = packages(&sb.path("ComfyUI/venv"));
+    let installed = venv_packages(&sb.path("ComfyUI/venv"));
     assert_eq!(installed["helper"], "1.1");
     assert_eq!(installed["torchlike"], "2.5.1");
     assert_eq!(install_runs(&sb), 2);
@@ -208,7 +188,7 @@ fn a_node_requirement_pulling_a_forbidden_package_fails_and_runs_nothing() {
     let output = format!("{}{}", apply.stdout, apply.stderr);
     assert!(output.contains("xformerslike"), "{output}");
     assert!(output.contains("fancy-node"), "{output}");
-    let installed = packages(&sb.path("ComfyUI/venv"));
+    let installed = venv_packages(&sb.path("ComfyUI/venv"));
     assert!(!installed.contains_key("xformerslike"));
     assert!(!installed.contains_key("fancy-node"));
     assert_eq!(
@@ -268,7 +248,7 @@ fn two_nodes_install_into_one_venv_in_parallel_and_converge() {
     );
     sb.spec(&spec(&sb, &index, "v1.0", &second));
     sb.run(&["apply", "--yes", "--parallelism", "4"]).code(0);
-    let installed = packages(&sb.path("ComfyUI/venv"));
+    let installed = venv_packages(&sb.path("ComfyUI/venv"));
     assert_eq!(installed["helper"], "1.0");
     assert_eq!(installed["visionlike"], "0.20.1");
     assert_eq!(installed["torchlike"], "2.5.1");

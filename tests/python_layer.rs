@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use plasma::python::*;
-use pyfix::PyIndex;
+use pyfix::{PyIndex, venv_packages};
 
 /// The interpreter `python3` on PATH is, found through the public API.
 fn python3() -> Interpreter {
@@ -29,13 +29,6 @@ fn new_venv(installer: &Installer) -> (tempfile::TempDir, PathBuf) {
         .create_venv(&python3(), &venv)
         .expect("create venv");
     (dir, venv)
-}
-
-fn packages(venv: &Path) -> BTreeMap<String, String> {
-    match observe_venv(venv).unwrap() {
-        VenvObservation::Present(observed) => observed.packages,
-        VenvObservation::Missing => panic!("venv {} missing", venv.display()),
-    }
 }
 
 /// Reads `FLAVOUR` from an installed fixture module.
@@ -379,7 +372,7 @@ fn pins_come_from_their_own_index(installer: Installer) {
     };
     let log = installer.install_pins(&venv, &spec).unwrap();
 
-    let installed = packages(&venv);
+    let installed = venv_packages(&venv);
     assert_eq!(installed["torchlike"], "2.5.1");
     assert_eq!(installed["visionlike"], "0.20.1");
     assert_eq!(installed["helper"], "1.1");
@@ -405,9 +398,9 @@ fn pins_come_from_their_own_index(installer: Installer) {
         ..spec_with_index(&main)
     };
     installer.install_pins(&venv, &moved).unwrap();
-    assert_eq!(packages(&venv)["torchlike"], "2.6.0");
+    assert_eq!(venv_packages(&venv)["torchlike"], "2.6.0");
     installer.install_pins(&venv, &spec).unwrap();
-    assert_eq!(packages(&venv)["torchlike"], "2.5.1");
+    assert_eq!(venv_packages(&venv)["torchlike"], "2.5.1");
     assert_eq!(flavour(&venv, "torchlike"), "cpu-index");
 }
 
@@ -444,7 +437,7 @@ fn requirements_cannot_move_a_pin(installer: Installer) {
     let log = installer
         .install_requirements(&venv, &spec, std::slice::from_ref(&requirements))
         .unwrap();
-    let installed = packages(&venv);
+    let installed = venv_packages(&venv);
     assert_eq!(installed["torchlike"], "2.5.1");
     assert_eq!(installed["helper"], "1.1");
     assert_eq!(log.overridden.len(), 1);
@@ -453,7 +446,7 @@ fn requirements_cannot_move_a_pin(installer: Installer) {
     assert_eq!(log.overridden[0].file, requirements);
 
     let transitive = write_requirements(dir.path(), "newnode\n");
-    let before = packages(&venv);
+    let before = venv_packages(&venv);
     let message = installer
         .install_requirements(&venv, &spec, &[transitive])
         .unwrap_err()
@@ -463,7 +456,7 @@ fn requirements_cannot_move_a_pin(installer: Installer) {
         message.contains("torchlike"),
         "the conflict must be named: {message}"
     );
-    assert_eq!(packages(&venv), before);
+    assert_eq!(venv_packages(&venv), before);
 }
 
 #[test]
@@ -487,7 +480,7 @@ fn forbidden_package_pulled_in_fails_and_changes_nothing(installer: Installer) {
         ..spec_with_index(&index)
     };
     installer.install_pins(&venv, &spec).unwrap();
-    let before = packages(&venv);
+    let before = venv_packages(&venv);
 
     let requirements = write_requirements(dir.path(), "helper==1.0\nfancy-node\n");
     let err = installer
@@ -509,7 +502,7 @@ fn forbidden_package_pulled_in_fails_and_changes_nothing(installer: Installer) {
         "{message}"
     );
     assert!(message.contains("nothing was installed"), "{message}");
-    assert_eq!(packages(&venv), before, "the venv must be as it was");
+    assert_eq!(venv_packages(&venv), before, "the venv must be as it was");
 
     // The same for a pin that pulls it.
     let pinned = PackageSpec {
@@ -529,7 +522,7 @@ fn forbidden_package_pulled_in_fails_and_changes_nothing(installer: Installer) {
         message.contains("pulled in by needs-xformers 1.0 (requested) -> xformerslike 0.1"),
         "{message}"
     );
-    assert_eq!(packages(&venv), before);
+    assert_eq!(venv_packages(&venv), before);
 }
 
 #[test]
@@ -553,12 +546,12 @@ fn uninstall_removes_packages(installer: Installer) {
         ..spec_with_index(&index)
     };
     installer.install_pins(&venv, &spec).unwrap();
-    assert!(packages(&venv).contains_key("xformerslike"));
+    assert!(venv_packages(&venv).contains_key("xformerslike"));
 
     installer
         .uninstall(&venv, &["XFormersLike".into()])
         .unwrap();
-    let installed = packages(&venv);
+    let installed = venv_packages(&venv);
     assert!(!installed.contains_key("xformerslike"), "{installed:?}");
     assert_eq!(installed["helper"], "1.0");
 }
@@ -607,7 +600,7 @@ fn find_links_serve_packages_without_an_index() {
         ..PackageSpec::default()
     };
     let log = Installer::Pip.install_pins(&venv, &spec).unwrap();
-    assert_eq!(packages(&venv)["helper"], "1.0", "{}", log.output);
+    assert_eq!(venv_packages(&venv)["helper"], "1.0", "{}", log.output);
 }
 
 // -------------------------------------------------------------- secrets
@@ -625,7 +618,7 @@ fn credentials_never_reach_errors_or_logs(installer: Installer) {
         ..PackageSpec::default()
     };
     let log = installer.install_pins(&venv, &spec).unwrap();
-    assert_eq!(packages(&venv)["helper"], "1.0");
+    assert_eq!(venv_packages(&venv)["helper"], "1.0");
     let log_text = format!("{log:?}");
     assert!(!log_text.contains(secret), "{log_text}");
 

@@ -7,22 +7,12 @@ mod pyfix;
 #[path = "support/sandbox.rs"]
 mod sandbox;
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use plasma::python::{Installer, InstallerChoice, VenvObservation, observe_venv, venv_python};
-use pyfix::PyIndex;
+use plasma::python::{Installer, InstallerChoice, venv_python};
+use pyfix::{PyIndex, python_version, venv_packages};
 use sandbox::{Run, Sandbox};
-
-/// `3.11` for the python3 on PATH.
-fn python_version() -> String {
-    let out = Command::new("python3")
-        .args(["-c", "import sys; print('%d.%d' % sys.version_info[:2])"])
-        .output()
-        .expect("python3 on PATH");
-    String::from_utf8(out.stdout).unwrap().trim().to_string()
-}
 
 const SECRET: &str = "s3cretT0ken";
 
@@ -49,13 +39,6 @@ venv app {{
         url = index.url_with_credentials("alice", SECRET),
         python = python_version(),
     )
-}
-
-fn packages(venv: &Path) -> BTreeMap<String, String> {
-    match observe_venv(venv).unwrap() {
-        VenvObservation::Present(v) => v.packages,
-        VenvObservation::Missing => panic!("no venv at {}", venv.display()),
-    }
 }
 
 fn all_output(run: &Run) -> String {
@@ -154,7 +137,7 @@ fn a_requirement_asking_for_a_newer_pin_leaves_the_pin_and_converges() {
         apply.stdout
     );
     let venv = sb.path("venv");
-    let installed = packages(&venv);
+    let installed = venv_packages(&venv);
     assert_eq!(
         installed.get("torchlike").map(String::as_str),
         Some("2.5.1")
@@ -227,7 +210,7 @@ fn a_pin_changed_by_hand_is_drift_and_apply_restores_it() {
 
     let apply = sb.run(&["apply", "--yes"]);
     apply.code(0);
-    assert_eq!(packages(&venv)["torchlike"], "2.5.1");
+    assert_eq!(venv_packages(&venv)["torchlike"], "2.5.1");
     sb.run(&["plan", "--detailed-exitcode"]).code(0);
     assert_no_secret(&sb, &[&plan, &apply]);
 }
@@ -254,7 +237,7 @@ fn forbidden_and_outside_packages_are_drift_and_apply_removes_them() {
     }
 
     sb.run(&["apply", "--yes"]).code(0);
-    let installed = packages(&venv);
+    let installed = venv_packages(&venv);
     assert!(!installed.contains_key("xformerslike"), "{installed:?}");
     assert!(!installed.contains_key("visionlike"), "{installed:?}");
     assert_eq!(installed["helper"], "1.1");
@@ -266,7 +249,7 @@ fn forbidden_and_outside_packages_are_drift_and_apply_removes_them() {
 fn a_requirement_pulling_a_forbidden_package_fails_and_leaves_the_venv_as_it_was() {
     let (sb, _index) = converged_pip_venv();
     let venv = sb.path("venv");
-    let before = packages(&venv);
+    let before = venv_packages(&venv);
     let record_before = std::fs::read_to_string(venv.join(".plasma-record.json")).unwrap();
     sb.write("requirements.txt", "torchlike>=2.6\nhelper\nfancy_node\n");
 
@@ -293,7 +276,7 @@ fn a_requirement_pulling_a_forbidden_package_fails_and_leaves_the_venv_as_it_was
         "{text}"
     );
     assert!(text.contains("nothing was installed"), "{text}");
-    assert_eq!(packages(&venv), before);
+    assert_eq!(venv_packages(&venv), before);
     assert_eq!(
         std::fs::read_to_string(venv.join(".plasma-record.json")).unwrap(),
         record_before
@@ -342,7 +325,7 @@ fn a_venv_on_another_python_is_replaced() {
 
     sb.run(&["apply", "--yes"]).code(0);
     sb.run(&["plan", "--detailed-exitcode"]).code(0);
-    assert_eq!(packages(&venv)["torchlike"], "2.5.1");
+    assert_eq!(venv_packages(&venv)["torchlike"], "2.5.1");
 }
 
 #[test]
@@ -526,8 +509,8 @@ fn with_uv_the_pin_holds_and_a_second_apply_spawns_nothing() {
         apply.stdout
     );
     let venv = sb.path("venv");
-    assert_eq!(packages(&venv)["torchlike"], "2.5.1");
-    assert_eq!(packages(&venv)["helper"], "1.1");
+    assert_eq!(venv_packages(&venv)["torchlike"], "2.5.1");
+    assert_eq!(venv_packages(&venv)["helper"], "1.1");
     let calls_after_first = std::fs::read_to_string(&calls).unwrap();
     assert!(
         calls_after_first.contains("venv"),
@@ -569,14 +552,14 @@ fn a_custom_node_installs_through_the_venv_under_its_pins() {
         .expect("installs");
     assert_eq!(done.overridden.len(), 1, "{done:?}");
     assert_eq!(done.overridden[0].requirement, "torchlike>=2.6");
-    let installed = packages(venv.path());
+    let installed = venv_packages(venv.path());
     assert_eq!(installed["torchlike"], "2.5.1");
     assert_eq!(installed["visionlike"], "0.20.1");
     // The node's packages are plasma's, not drift.
     sb.run(&["plan", "--detailed-exitcode"]).code(0);
 
     let bad = sb.write("bad/requirements.txt", "needs-xformers\n");
-    let before = packages(venv.path());
+    let before = venv_packages(venv.path());
     let err = venv
         .install_requirements_blocking(&[bad], &log)
         .expect_err("needs a forbidden package");
@@ -587,7 +570,7 @@ fn a_custom_node_installs_through_the_venv_under_its_pins() {
         "{}",
         err.message
     );
-    assert_eq!(packages(venv.path()), before);
+    assert_eq!(venv_packages(venv.path()), before);
     let log_text = std::fs::read_to_string(&log).unwrap();
     assert!(!log_text.contains(SECRET), "{log_text}");
 }

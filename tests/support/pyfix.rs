@@ -210,3 +210,21 @@ impl Drop for PyIndex {
         let _ = self.server.wait();
     }
 }
+
+/// `3.11` for the `python3` on PATH: what specs in tests ask for.
+pub fn python_version() -> String {
+    let out = Command::new("python3")
+        .args(["-c", "import sys; print('%d.%d' % sys.version_info[:2])"])
+        .output()
+        .expect("python3 on PATH");
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+/// The packages installed in a venv (normalised name -> version), read the
+/// way plasma observes them.
+pub fn venv_packages(venv: &Path) -> std::collections::BTreeMap<String, String> {
+    match plasma::python::observe_venv(venv).unwrap() {
+        plasma::python::VenvObservation::Present(observed) => observed.packages,
+        plasma::python::VenvObservation::Missing => panic!("no venv at {}", venv.display()),
+    }
+}
