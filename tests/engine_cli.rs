@@ -523,3 +523,27 @@ fn pyyaml_reads_the_accelerate_config_as_written() {
         r#"{"compute_environment": "LOCAL_MACHINE", "distributed_type": "NO", "mixed_precision": "no", "tpu_env": [], "use_cpu": false}"#
     );
 }
+
+#[test]
+fn the_root_spec_and_every_example_validate_are_formatted_and_plan() {
+    let sb = Sandbox::new();
+    let root = env!("CARGO_MANIFEST_DIR");
+    let mut specs = vec![format!("{root}/plasma.kdl")];
+    for entry in std::fs::read_dir(format!("{root}/examples")).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "kdl") {
+            specs.push(path.display().to_string());
+        }
+    }
+    assert!(specs.len() >= 3, "{specs:?}");
+    for spec in &specs {
+        sb.run(&["validate", "-f", spec]).code(0);
+        sb.run(&["fmt", "--check", "-f", spec]).code(0);
+        // A plan only reads the machine (here an empty HOME): no network, no
+        // installer; everything is to be created.
+        let plan = sb.run(&["plan", "-f", spec, "--state", "state.json"]);
+        plan.code(0);
+        assert!(plan.stdout.contains("to create"), "{spec}: {}", plan.stdout);
+    }
+    assert!(!sb.path("home/tools").exists(), "plan created nothing");
+}
