@@ -195,11 +195,13 @@ pub fn make_plan(
     }
     let all_selected = observations.iter().all(Option::is_some);
     if let Some(state) = state.filter(|_| all_selected) {
+        let declared: std::collections::HashSet<String> = spec
+            .resources
+            .iter()
+            .map(|r| r.address.to_string())
+            .collect();
         for (address, entry) in &state.resources {
-            let in_spec = spec
-                .resources
-                .iter()
-                .any(|r| r.address.to_string() == *address);
+            let in_spec = declared.contains(address);
             if !in_spec {
                 let mut diff = Diff::new(Action::Forget, "no longer in the spec");
                 if entry.created && !entry.owned_paths.is_empty() {
