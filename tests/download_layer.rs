@@ -21,17 +21,9 @@ use plasma::safetensors::{Architecture, SafetensorsError, read_header};
 const TOKEN: &str = "plasma-TEST-TOKEN-must-never-leak-5f0c2e";
 const BODY_LEN: usize = 2 * 1024 * 1024 + 123;
 
-/// Deterministic bytes that do not look like anything in particular.
+/// The body every route serves unless a test says otherwise.
 fn body() -> Vec<u8> {
-    let mut state: u32 = 0x1234_5678;
-    (0..BODY_LEN)
-        .map(|_| {
-            state ^= state << 13;
-            state ^= state >> 17;
-            state ^= state << 5;
-            (state >> 24) as u8
-        })
-        .collect()
+    httpfix::noise(BODY_LEN, 0x1234_5678)
 }
 
 fn fast_options() -> DownloadOptions {

@@ -760,37 +760,6 @@ fn observing_a_converged_repository_writes_nothing() {
     assert!(changed.is_empty(), "observation wrote to {changed:#?}");
 }
 
-/// A `git` wrapper on PATH that logs each invocation's arguments, then runs the real git.
-fn counting_git(log: &Path) -> (tempfile::TempDir, Git) {
-    let real = String::from_utf8(
-        std::process::Command::new("sh")
-            .args(["-c", "command -v git"])
-            .output()
-            .unwrap()
-            .stdout,
-    )
-    .unwrap();
-    let bin = tempfile::tempdir().unwrap();
-    let script = bin.path().join("git");
-    fs::write(
-        &script,
-        format!(
-            "#!/bin/sh\necho \"$*\" >> '{}'\nexec '{}' \"$@\"\n",
-            log.display(),
-            real.trim()
-        ),
-    )
-    .unwrap();
-    use std::os::unix::fs::PermissionsExt;
-    fs::set_permissions(&script, fs::Permissions::from_mode(0o755)).unwrap();
-    let path = format!(
-        "{}:{}",
-        bin.path().display(),
-        std::env::var("PATH").unwrap()
-    );
-    (bin, Git::new().with_search_path(path))
-}
-
 fn logged_calls(log: &Path) -> Vec<String> {
     fs::read_to_string(log)
         .unwrap_or_default()
@@ -861,4 +830,11 @@ fn observation_and_local_resolution_never_contact_origin() {
         fx.c2
     );
     assert_eq!(tool().resolve_local(&path, "main").unwrap().commit, fx.c3);
+}
+
+/// A `git` on PATH that logs each invocation's arguments, then runs the real git.
+fn counting_git(log: &Path) -> (tempfile::TempDir, Git) {
+    let bin = tempfile::tempdir().unwrap();
+    let path = gitfix::logging_git(bin.path(), log);
+    (bin, Git::new().with_search_path(path))
 }

@@ -12,24 +12,11 @@ mod sandbox;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
-use httpfix::{Fault, HttpFixture, Route, RunningServer};
+use httpfix::{Fault, HttpFixture, Route, RunningServer, noise};
 use plasma::hashing::Sha256Digest;
 use sandbox::{Run, Sandbox};
 
 const TOKEN: &str = "plasma-TEST-TOKEN-must-never-leak-7c41d9";
-
-/// Deterministic bytes that look like nothing in particular.
-fn noise(len: usize, seed: u32) -> Vec<u8> {
-    let mut state = seed | 1;
-    (0..len)
-        .map(|_| {
-            state ^= state << 13;
-            state ^= state >> 17;
-            state ^= state << 5;
-            (state >> 24) as u8
-        })
-        .collect()
-}
 
 /// A `.safetensors` file whose tensor names make it an SD 1.5 checkpoint,
 /// padded with about a mebibyte of tensor data.

@@ -90,35 +90,6 @@ fn clone_at_a_tag_with_nested_submodules_records_the_commit_and_shows_it() {
     }
 }
 
-/// A `git` first on PATH that logs its arguments, then runs the real one.
-fn logging_git(sb: &Sandbox) -> (String, PathBuf) {
-    let real = String::from_utf8(
-        std::process::Command::new("sh")
-            .args(["-c", "command -v git"])
-            .output()
-            .unwrap()
-            .stdout,
-    )
-    .unwrap();
-    let bin = sb.path("bin");
-    fs::create_dir_all(&bin).unwrap();
-    let log = sb.path("git-calls.log");
-    let script = bin.join("git");
-    fs::write(
-        &script,
-        format!(
-            "#!/bin/sh\necho \"$*\" >> '{}'\nexec '{}' \"$@\"\n",
-            log.display(),
-            real.trim()
-        ),
-    )
-    .unwrap();
-    use std::os::unix::fs::PermissionsExt;
-    fs::set_permissions(&script, fs::Permissions::from_mode(0o755)).unwrap();
-    let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap());
-    (path, log)
-}
-
 fn run_with_path(sb: &Sandbox, path: &str, args: &[&str]) -> Run {
     let out = sb.command(args).env("PATH", path).output().unwrap();
     Run {
@@ -743,4 +714,10 @@ fn submodules_off_clones_without_them_and_ignores_their_state() {
     assert_eq!(head(&clone), fx.c2);
     assert!(!clone.join("sd-scripts/train_network.py").exists());
     sb.run(&["plan", "--detailed-exitcode"]).code(0);
+}
+
+/// A `git` first on PATH that logs its arguments, then runs the real one.
+fn logging_git(sb: &Sandbox) -> (String, PathBuf) {
+    let log = sb.path("git-calls.log");
+    (gitfix::logging_git(&sb.path("bin"), &log), log)
 }

@@ -198,3 +198,30 @@ impl GitFixture {
         commit
     }
 }
+
+/// Installs a `git` in `bin_dir` that appends each call's arguments to `log`
+/// and then runs the real git; returns a PATH with it first.
+pub fn logging_git(bin_dir: &Path, log: &Path) -> String {
+    let real = String::from_utf8(
+        Command::new("sh")
+            .args(["-c", "command -v git"])
+            .output()
+            .expect("sh runs")
+            .stdout,
+    )
+    .unwrap();
+    std::fs::create_dir_all(bin_dir).unwrap();
+    let script = bin_dir.join("git");
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\necho \"$*\" >> '{}'\nexec '{}' \"$@\"\n",
+            log.display(),
+            real.trim()
+        ),
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    format!("{}:{}", bin_dir.display(), std::env::var("PATH").unwrap())
+}

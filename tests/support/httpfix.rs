@@ -403,3 +403,17 @@ fn reason(status: u16) -> &'static str {
         _ => "Status",
     }
 }
+
+/// Deterministic bytes that look like nothing in particular (xorshift), so
+/// a model body is not mistaken for text or HTML.
+pub fn noise(len: usize, seed: u32) -> Vec<u8> {
+    let mut state = seed | 1;
+    (0..len)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 17;
+            state ^= state << 5;
+            (state >> 24) as u8
+        })
+        .collect()
+}
