@@ -86,7 +86,7 @@ fn converged_files(count: usize) {
     );
 }
 
-#[path = "../tests/support/pyfix.rs"]
+#[path = "../tests/it/support/pyfix.rs"]
 mod pyfix;
 
 /// A converged venv of about 200 packages (built by the pyfix fixture and

@@ -1,8 +1,7 @@
 //! Saved plans, the state file under crashes and concurrency, and the JSON
 //! documents against their schemas.
 
-#[path = "support/sandbox.rs"]
-mod sandbox;
+use crate::support::sandbox;
 
 use std::fs::OpenOptions;
 use std::io::Write;

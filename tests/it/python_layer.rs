@@ -2,8 +2,7 @@
 //! when it is on PATH), and wheels served over HTTP on 127.0.0.1 by the
 //! `pyfix` fixture. No network.
 
-#[path = "support/pyfix.rs"]
-mod pyfix;
+use crate::support::pyfix;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

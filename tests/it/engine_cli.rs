@@ -1,7 +1,6 @@
 //! End to end: the built binary on temp folders, with `file` and `link`.
 
-#[path = "support/sandbox.rs"]
-mod sandbox;
+use crate::support::sandbox;
 
 use sandbox::Sandbox;
 

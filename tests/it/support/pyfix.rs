@@ -6,8 +6,9 @@
 //! `simple/<name>/index.html` pages served by `python3 -m http.server`,
 //! which is killed when the [`PyIndex`] is dropped.
 //!
-//! Use from a test file with `#[path = "support/pyfix.rs"] mod pyfix;`.
-#![allow(dead_code)]
+//! Use from a test module with `use crate::support::pyfix;`.
+
+#![allow(dead_code)] // the bench includes this file too and uses only part of it
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};

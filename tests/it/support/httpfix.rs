@@ -13,7 +13,6 @@
 //!
 //! Every response closes its connection (`Connection: close`): simpler, and
 //! it makes "one request per connection" something tests can count on.
-#![allow(dead_code)] // each test binary uses a different part of it
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};

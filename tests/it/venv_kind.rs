@@ -2,10 +2,8 @@
 //! pip (and uv when it is on PATH), and wheels the test builds, served as a
 //! simple index on 127.0.0.1 by the `pyfix` fixture. No network.
 
-#[path = "support/pyfix.rs"]
-mod pyfix;
-#[path = "support/sandbox.rs"]
-mod sandbox;
+use crate::support::pyfix;
+use crate::support::sandbox;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

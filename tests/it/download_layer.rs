@@ -3,8 +3,7 @@
 //! destination or no file there and an error a user can act on; both the
 //! file system and the message are checked.
 
-#[path = "support/httpfix.rs"]
-mod httpfix;
+use crate::support::httpfix;
 
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;

@@ -4,10 +4,8 @@
 //! download layer's own tests (`download_layer.rs`) cover each fault in depth;
 //! these check that the kind wires them through to the user intact.
 
-#[path = "support/httpfix.rs"]
-mod httpfix;
-#[path = "support/sandbox.rs"]
-mod sandbox;
+use crate::support::httpfix;
+use crate::support::sandbox;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};

@@ -3,12 +3,9 @@
 //! repository with a `requirements.txt` and an `install.py`, and a real venv
 //! installing wheels the test builds from a simple index on 127.0.0.1.
 
-#[path = "support/gitfix.rs"]
-mod gitfix;
-#[path = "support/pyfix.rs"]
-mod pyfix;
-#[path = "support/sandbox.rs"]
-mod sandbox;
+use crate::support::gitfix;
+use crate::support::pyfix;
+use crate::support::sandbox;
 
 use gitfix::{commit_file, git, init_repo};
 use pyfix::{PyIndex, python_version, venv_packages};

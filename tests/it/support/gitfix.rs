@@ -10,7 +10,6 @@
 //!           C3 sd-scripts moved to S2        branch main
 //!           D1 (on C3)                       branch develop
 //! ```
-#![allow(dead_code)] // each test file uses a different part of the fixture
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -74,6 +73,7 @@ pub struct GitFixture {
     /// The ComfyUI / kohya_ss stand-in.
     pub upstream: PathBuf,
     /// The `sd-scripts` stand-in, a submodule of `upstream`.
+    #[allow(dead_code)] // for tests that move the submodule upstream
     pub sub: PathBuf,
     /// A submodule of `sub`, at `libs/nested`.
     pub nested: PathBuf,

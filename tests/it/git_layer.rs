@@ -1,7 +1,6 @@
 //! The git layer against real repositories built by `support/gitfix.rs`.
 
-#[path = "support/gitfix.rs"]
-mod gitfix;
+use crate::support::gitfix;
 
 use std::collections::BTreeMap;
 use std::fs;

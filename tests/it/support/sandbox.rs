@@ -1,6 +1,5 @@
 //! A temporary folder with its own HOME, in which tests run the built
 //! `plasma` binary and look at files, exit codes and output.
-#![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

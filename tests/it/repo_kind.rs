@@ -1,10 +1,8 @@
 //! The `repo` kind end to end: the built binary against real git repositories
 //! the test creates (tags, branches, a submodule with a nested submodule).
 
-#[path = "support/gitfix.rs"]
-mod gitfix;
-#[path = "support/sandbox.rs"]
-mod sandbox;
+use crate::support::gitfix;
+use crate::support::sandbox;
 
 use std::fs;
 use std::path::{Path, PathBuf};

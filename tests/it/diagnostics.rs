@@ -1,8 +1,7 @@
 //! Spec errors: every problem of a file in one run, each a miette
 //! diagnostic labelled at the right place (snapshots of the rendered output).
 
-#[path = "support/sandbox.rs"]
-mod sandbox;
+use crate::support::sandbox;
 
 use sandbox::Sandbox;
 

@@ -1,0 +1,15 @@
+//! plasma's integration tests: one binary (as cargo and uv keep theirs), one
+//! module per area, and the fixtures they share under `support/`.
+
+mod support;
+
+mod custom_node_kind;
+mod diagnostics;
+mod download_layer;
+mod engine_cli;
+mod git_layer;
+mod model_kind;
+mod plans_and_state;
+mod python_layer;
+mod repo_kind;
+mod venv_kind;
