@@ -23,6 +23,7 @@ pub mod file;
 pub mod link;
 pub mod model;
 pub mod repo;
+pub mod service;
 pub mod structured;
 pub mod venv;
 
@@ -258,6 +259,7 @@ pub const KINDS: &[&str] = &[
     model::Model::KIND,
     venv::Venv::KIND,
     custom_node::CustomNode::KIND,
+    service::Service::KIND,
 ];
 
 /// Parses a resource node of the given kind; `None` when its fields had errors
@@ -271,6 +273,9 @@ pub fn parse(kind: &str, reader: &NodeReader<'_, '_>) -> Option<Box<dyn Resource
         model::Model::KIND => model::Model::parse(reader).map(|r| Box::new(r) as Box<dyn Resource>),
         custom_node::CustomNode::KIND => {
             custom_node::CustomNode::parse(reader).map(|r| Box::new(r) as Box<dyn Resource>)
+        }
+        service::Service::KIND => {
+            service::Service::parse(reader).map(|r| Box::new(r) as Box<dyn Resource>)
         }
         _ => None,
     }
