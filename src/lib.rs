@@ -5,6 +5,7 @@
 //! and [`state`]. Resource kinds live under [`resource`], one file each.
 
 pub mod apply;
+pub mod child;
 pub mod cli;
 pub mod diagnostic;
 pub mod download;
