@@ -21,6 +21,7 @@ pub mod lint;
 pub mod logfile;
 pub mod pin;
 pub mod plan;
+pub mod platform;
 pub mod python;
 pub mod render;
 pub mod resource;
