@@ -304,63 +304,8 @@ impl DownloadError {
     }
 }
 
-/// `url` with credentials removed: user info, and query values whose name
-/// or look suggests a secret (`token=`, `sig=`, `X-Amz-Credential=`, long
-/// random strings). Something that does not parse as a URL is not shown.
-pub fn redact_url(url: &str) -> String {
-    const HIDDEN: &str = "REDACTED";
-    let Ok(mut parsed) = Url::parse(url) else {
-        return "(a URL that does not parse)".to_string();
-    };
-    if !parsed.username().is_empty() || parsed.password().is_some() {
-        let _ = parsed.set_password(None);
-        let _ = parsed.set_username(HIDDEN);
-    }
-    if parsed.query().is_some() {
-        let pairs: Vec<(String, String)> = parsed
-            .query_pairs()
-            .map(|(name, value)| {
-                let value = if name_looks_secret(&name) || value_looks_secret(&value) {
-                    HIDDEN.to_string()
-                } else {
-                    value.into_owned()
-                };
-                (name.into_owned(), value)
-            })
-            .collect();
-        parsed.query_pairs_mut().clear().extend_pairs(pairs);
-    }
-    parsed.to_string()
-}
-
-fn name_looks_secret(name: &str) -> bool {
-    let name = name.to_ascii_lowercase();
-    [
-        "token",
-        "key",
-        "sig",
-        "auth",
-        "secret",
-        "password",
-        "credential",
-        "session",
-    ]
-    .iter()
-    .any(|marker| name.contains(marker))
-        || name.starts_with("x-amz-")
-        || name.starts_with("x-goog-")
-}
-
-/// Long strings mixing letters and digits are API keys or signatures far
-/// more often than anything a user needs to see.
-fn value_looks_secret(value: &str) -> bool {
-    value.len() >= 20
-        && value.chars().any(|c| c.is_ascii_digit())
-        && value.chars().any(|c| c.is_ascii_alphabetic())
-        && value
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "-_.~+/=".contains(c))
-}
+/// The program's one URL redaction rule (see [`crate::redact`]).
+pub use crate::redact::redact_url;
 
 /// A client suited to downloads: rustls, connect timeout from `options`,
 /// no overall timeout (files are gigabytes; stalls are caught per read).
@@ -1075,30 +1020,6 @@ fn describe_reqwest_error(error: reqwest::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn redacts_credentials_in_urls() {
-        let shown = redact_url(
-            "https://user:hunter2@civitai.com/api/download/models/1?token=abc&type=Model",
-        );
-        assert!(
-            !shown.contains("hunter2") && !shown.contains("abc"),
-            "{shown}"
-        );
-        assert!(shown.contains("type=Model"), "{shown}");
-
-        let signed = redact_url(
-            "https://cdn.example/f?X-Amz-Signature=0a1b2c&expires=3600&id=Ab3xYz09Qw12Er34Ty56",
-        );
-        assert!(!signed.contains("0a1b2c"), "{signed}");
-        assert!(!signed.contains("Ab3xYz09Qw12Er34Ty56"), "{signed}");
-        assert!(signed.contains("expires=3600"), "{signed}");
-
-        assert_eq!(
-            redact_url("not a url ?token=x"),
-            "(a URL that does not parse)"
-        );
-    }
 
     #[test]
     fn secret_token_debug_hides_it() {

@@ -21,6 +21,7 @@ pub mod logfile;
 pub mod pin;
 pub mod plan;
 pub mod python;
+pub mod redact;
 pub mod render;
 pub mod resource;
 pub mod safetensors;
