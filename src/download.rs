@@ -359,9 +359,9 @@ pub enum DownloadError {
     WebPage { url: String, token: TokenUse },
     #[error(
         "{}: what was received is not {what}: {reason}; nothing was placed there \
-         (received {}, starting {head})",
+         ({}starting {head})",
         path.display(),
-        content_type.as_deref().map_or("no Content-Type".to_string(), |t| format!("Content-Type {t}"))
+        content_type.as_deref().map_or(String::new(), |t| format!("received Content-Type {t}, "))
     )]
     NotWhatItsNameSays {
         path: PathBuf,

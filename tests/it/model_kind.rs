@@ -1085,3 +1085,29 @@ async fn a_mirror_url_carries_its_own_token_env() {
         );
     }
 }
+
+/// Mirrors that answer 404 and 410: each is said as it is, and nothing
+/// promises a resume, since nothing was kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn missing_and_gone_mirrors_promise_no_resume() {
+    let server = serve(vec![(
+        "/gone",
+        Route::new(vec![]).fault(Fault::Status(410)),
+    )])
+    .await;
+    let sb = Sandbox::new();
+    sb.spec(&format!(
+        "model m {{\n    url \"{}\" \"{}\"\n    path \"models/m.safetensors\"\n}}\n",
+        server.url("/missing"),
+        server.url("/gone")
+    ));
+    let apply = run(&sb, &["apply", "--yes"], &[]).await;
+    apply.code(1);
+    assert!(
+        apply.stderr.contains("was not found (404)") && apply.stderr.contains("is gone (410)"),
+        "{}",
+        apply.stderr
+    );
+    assert!(!apply.stderr.contains("resume"), "{}", apply.stderr);
+    assert_nothing_placed(&sb.path("models/m.safetensors"));
+}
