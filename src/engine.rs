@@ -153,18 +153,19 @@ pub fn select(loaded: &Loaded, targets: &[String]) -> Result<Vec<bool>, EngineEr
     Ok(loaded.graph.with_dependencies(&indices))
 }
 
-/// Desired against observed for every selected resource, in dependency
-/// order, plus "forget" for resources left in state but gone from the spec.
+/// Desired against observed for every selected resource, in the spec's
+/// order, plus "forget" for resources left in state but gone from the spec
+/// ("delete", with the paths, when `prune` will delete their files).
 pub fn make_plan(
     loaded: &Loaded,
     observations: &[Option<Result<Observation, ResourceError>>],
     state: Option<&State>,
+    prune: bool,
 ) -> Plan {
     let spec = &loaded.spec;
     let mut changes = Vec::new();
     let mut errors = Vec::new();
-    for &i in &loaded.graph.order {
-        let declared = &spec.resources[i];
+    for (i, declared) in spec.resources.iter().enumerate() {
         let address = declared.address.to_string();
         let Some(result) = &observations[i] else {
             continue;
@@ -204,15 +205,34 @@ pub fn make_plan(
             let in_spec = declared.contains(address);
             if !in_spec {
                 let mut diff = Diff::new(Action::Forget, "no longer in the spec");
-                if entry.created && !entry.owned_paths.is_empty() {
-                    let paths: Vec<String> = entry
-                        .owned_paths
-                        .iter()
-                        .map(|p| p.display().to_string())
-                        .collect();
+                // What `--prune` would delete: the owned paths still there,
+                // and the staging files a killed write left beside them.
+                let present: Vec<String> = entry
+                    .owned_paths
+                    .iter()
+                    .flat_map(|p| [p.clone(), crate::fsutil::staging_path(p)])
+                    .filter(|p| std::fs::symlink_metadata(p).is_ok())
+                    .map(|p| p.display().to_string())
+                    .collect();
+                if !entry.created || present.is_empty() {
+                    if prune && !present.is_empty() {
+                        diff.warnings.push(format!(
+                            "plasma did not create it, so --prune keeps {}",
+                            present.join(", ")
+                        ));
+                    }
+                } else if prune {
+                    diff = Diff::new(
+                        Action::Delete,
+                        "no longer in the spec; plasma created it and --prune deletes it",
+                    );
+                    for path in present {
+                        diff = diff.attribute("path", Some(path), None);
+                    }
+                } else {
                     diff.warnings.push(format!(
                         "its files are kept; `apply --prune` would delete {}",
-                        paths.join(", ")
+                        present.join(", ")
                     ));
                 }
                 changes.push(PlannedChange {
