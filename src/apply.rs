@@ -228,7 +228,7 @@ pub async fn run(
             continue;
         };
         progress.started(&change.address, Action::Forget);
-        let outcome = match prune(&entry, options.prune) {
+        let outcome = match prune(&entry, options.prune).await {
             Ok(()) => {
                 state.resources.remove(&change.address);
                 forgotten.insert(change.address.clone());
@@ -338,8 +338,13 @@ async fn apply_one(
 }
 
 /// `--prune` deletes what plasma created; without it nothing is touched.
-fn prune(entry: &ResourceState, prune: bool) -> Result<(), ResourceError> {
-    if !prune || !entry.created {
+async fn prune(entry: &ResourceState, prune: bool) -> Result<(), ResourceError> {
+    if !prune {
+        return Ok(());
+    }
+    // Kinds with their own record of what they made (a started service) decide themselves.
+    crate::resource::prune_forgotten(entry).await?;
+    if !entry.created {
         return Ok(());
     }
     for path in &entry.owned_paths {

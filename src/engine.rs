@@ -163,6 +163,8 @@ pub fn make_plan(
     let spec = &loaded.spec;
     let mut changes = Vec::new();
     let mut errors = Vec::new();
+    // Resources this plan changes, for kinds that react to a changed dependency.
+    let mut changing = vec![false; spec.resources.len()];
     for &i in &loaded.graph.order {
         let declared = &spec.resources[i];
         let address = declared.address.to_string();
@@ -172,7 +174,19 @@ pub fn make_plan(
         match result {
             Ok(observation) => {
                 let prior = state.and_then(|s| s.resources.get(&address));
-                let diff = declared.resource.diff(observation, prior);
+                let mut diff = declared.resource.diff(observation, prior);
+                if changing.contains(&true) {
+                    let changed: Vec<String> = loaded
+                        .graph
+                        .with_dependencies(&[i])
+                        .iter()
+                        .enumerate()
+                        .filter(|&(d, &dep)| dep && d != i && changing[d])
+                        .map(|(d, _)| spec.resources[d].address.to_string())
+                        .collect();
+                    diff = declared.resource.dependencies_changed(diff, &changed);
+                }
+                changing[i] = diff.action.is_change();
                 changes.push(PlannedChange {
                     address,
                     kind: declared.address.kind.clone(),

@@ -25,6 +25,7 @@ pub mod render;
 pub mod resource;
 pub mod safetensors;
 pub mod schema;
+pub mod service;
 pub mod spec;
 pub mod state;
 pub mod yaml;

@@ -12,4 +12,5 @@ mod model_kind;
 mod plans_and_state;
 mod python_layer;
 mod repo_kind;
+mod service_kind;
 mod venv_kind;
