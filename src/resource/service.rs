@@ -606,7 +606,9 @@ impl Service {
     }
 
     /// Fails early, with what to do, when what the service runs is not there.
-    fn check_runnable(&self, launch: &ServiceLaunch) -> Result<(), ResourceError> {
+    /// ComfyUI v0.3.27 dies at start without a `custom_nodes/` folder, which
+    /// its own tree does not carry (it is in its .gitignore): it is made here.
+    fn prepare(&self, launch: &ServiceLaunch) -> Result<(), ResourceError> {
         if !launch.cwd.is_dir() {
             return Err(ResourceError::new(format!(
                 "the service's folder {} does not exist",
@@ -629,6 +631,9 @@ impl Service {
                         .help(format!("apply {} first", venv.address)),
                 );
             }
+            let nodes = launch.cwd.join("custom_nodes");
+            std::fs::create_dir_all(&nodes)
+                .map_err(|e| ResourceError::io("cannot create", &nodes, e))?;
         }
         Ok(())
     }
@@ -860,7 +865,7 @@ impl Kind for Service {
         cx: &ApplyContext<'_>,
     ) -> Result<Outputs, ResourceError> {
         let launch = self.launch();
-        self.check_runnable(&launch)?;
+        self.prepare(&launch)?;
         // Whatever runs from the last start goes first (under its own manager).
         if let Some(record) = Record::read(&self.record_path())?.or(observed.record.clone()) {
             service::stop(&record).await?;

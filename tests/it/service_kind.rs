@@ -772,10 +772,17 @@ repo comfyui {{
     rev "v0.3.27"
     path "ComfyUI"
 }}
+// v0.3.27's tree has no custom_nodes/ (its .gitignore lists it) and main.py
+// dies without one; the ComfyUI form makes it, `command` does not.
+file keep-custom-nodes {{
+    path "ComfyUI/custom_nodes/.keep"
+    content ""
+    depends-on repo.comfyui
+}}
 service comfyui {{
     command "{python}" "main.py" "--cpu" "--listen" "127.0.0.1" "--port" "{port}" "--disable-auto-launch"
     cwd "ComfyUI"
-    depends-on repo.comfyui
+    depends-on repo.comfyui file.keep-custom-nodes
     env {{ PYTORCH_ENABLE_MPS_FALLBACK "1" }}
     health {{
         url "http://127.0.0.1:{port}/system_stats"
