@@ -287,7 +287,12 @@ pub async fn run(
         let action = change.diff.action;
         progress.started(&change.address, action);
         let deleted = if action == Action::Delete {
-            delete(&entry, change)
+            // Kinds with their own record of what they made (a started
+            // service) undo it first; then the files the plan lists go.
+            match crate::resource::prune_forgotten(&entry).await {
+                Ok(()) => delete(&entry, change),
+                Err(e) => Err(e),
+            }
         } else {
             Ok(())
         };

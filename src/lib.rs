@@ -29,6 +29,7 @@ pub mod render;
 pub mod resource;
 pub mod safetensors;
 pub mod schema;
+pub mod service;
 pub mod size;
 pub mod spec;
 pub mod state;

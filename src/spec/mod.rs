@@ -550,6 +550,16 @@ fn resolve_resources(resources: &mut [Declared]) {
         };
         this.resource.resolve(&others);
     }
+    for declared in resources.iter_mut() {
+        for address in declared.resource.implied_dependencies() {
+            if !declared.depends_on.iter().any(|r| r.address == address) {
+                declared.depends_on.push(Reference {
+                    address,
+                    span: declared.span,
+                });
+            }
+        }
+    }
 }
 
 /// Every reference must name a declared resource.
