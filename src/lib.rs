@@ -6,6 +6,7 @@
 
 pub mod apply;
 pub mod cli;
+pub mod comfyui;
 pub mod diagnostic;
 pub mod download;
 pub mod drift;
