@@ -3,6 +3,7 @@
 
 mod support;
 
+mod comfyui_client;
 mod custom_node_kind;
 mod diagnostics;
 mod download_layer;
