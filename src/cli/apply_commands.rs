@@ -5,6 +5,7 @@ use super::*;
 pub(super) async fn apply_spec(
     env: &Env,
     observe: &ObserveArgs,
+    rerun: &[String],
     yes: bool,
     options: &ApplyOptions,
     lock_timeout: Duration,
@@ -12,9 +13,16 @@ pub(super) async fn apply_spec(
     let loaded = load(env)?;
     let _lock = loaded.state_file.lock(lock_timeout, "apply")?;
     let state = loaded.state_file.load()?;
-    let selected = engine::select(&loaded, &observe.targets)?;
+    let mut targets = observe.targets.clone();
+    if !targets.is_empty() {
+        targets.extend(rerun.iter().cloned());
+    }
+    let selected = engine::select(&loaded, &targets)?;
     let results = engine::observe(&loaded, state.as_ref(), &observe.options(), &selected).await;
-    let plan = engine::make_plan(&loaded, &results, state.as_ref());
+    let mut plan = engine::make_plan(&loaded, &results, state.as_ref());
+    for address in rerun {
+        engine::force_run(&loaded, &mut plan, address)?;
+    }
     print!("{}", render::plan(&plan, env.style));
     if !plan.errors.is_empty() {
         return Err(Failure::Message(

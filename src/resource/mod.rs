@@ -18,11 +18,13 @@ use crate::spec::reader::NodeReader;
 use crate::spec::{Address, Spec};
 use crate::state::ResourceState;
 
+pub mod benchmark;
 pub mod custom_node;
 pub mod file;
 pub mod link;
 pub mod model;
 pub mod repo;
+pub mod service;
 pub mod structured;
 pub mod venv;
 
@@ -138,6 +140,11 @@ pub trait Kind: Send + Sync + 'static {
         Vec::new()
     }
 
+    /// More to print under `plasma show` (a benchmark's history table).
+    fn show(&self) -> Option<String> {
+        None
+    }
+
     /// Called once after the whole spec is loaded, for kinds that take
     /// something from the resources they reference (a custom node's folder
     /// lies inside its ComfyUI repo).
@@ -183,6 +190,7 @@ pub trait Resource: Send + Sync {
     fn outputs(&self, observed: &Observation) -> Outputs;
     fn lint(&self, cx: &LintContext<'_>) -> Vec<Lint>;
     fn resolve(&mut self, others: &Others<'_>);
+    fn show(&self) -> Option<String>;
     fn as_any(&self) -> &dyn Any;
 }
 
@@ -238,6 +246,10 @@ impl<K: Kind> Resource for K {
         Kind::resolve(self, others)
     }
 
+    fn show(&self) -> Option<String> {
+        Kind::show(self)
+    }
+
     fn as_any(&self) -> &dyn Any {
         self
     }
@@ -258,6 +270,8 @@ pub const KINDS: &[&str] = &[
     model::Model::KIND,
     venv::Venv::KIND,
     custom_node::CustomNode::KIND,
+    service::Service::KIND,
+    benchmark::Benchmark::KIND,
 ];
 
 /// Parses a resource node of the given kind; `None` when its fields had errors
@@ -271,6 +285,12 @@ pub fn parse(kind: &str, reader: &NodeReader<'_, '_>) -> Option<Box<dyn Resource
         model::Model::KIND => model::Model::parse(reader).map(|r| Box::new(r) as Box<dyn Resource>),
         custom_node::CustomNode::KIND => {
             custom_node::CustomNode::parse(reader).map(|r| Box::new(r) as Box<dyn Resource>)
+        }
+        service::Service::KIND => {
+            service::Service::parse(reader).map(|r| Box::new(r) as Box<dyn Resource>)
+        }
+        benchmark::Benchmark::KIND => {
+            benchmark::Benchmark::parse(reader).map(|r| Box::new(r) as Box<dyn Resource>)
         }
         _ => None,
     }
