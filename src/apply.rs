@@ -74,6 +74,9 @@ pub async fn run(
     progress: &dyn Progress,
 ) -> Result<Report, StateError> {
     let spec = &loaded.spec;
+    if let Some(stopped) = crate::child::record_in(&loaded.state_file.dir()) {
+        eprintln!("plasma: {stopped}");
+    }
     let log_dir = loaded.state_file.dir().join("logs");
     let n = spec.resources.len();
     let action_of = |i: usize| {
@@ -178,6 +181,7 @@ pub async fn run(
                 // A second Ctrl-C exits at once.
                 tokio::spawn(async {
                     let _ = tokio::signal::ctrl_c().await;
+                    crate::child::terminate_all(crate::child::TERMINATE_GRACE);
                     std::process::exit(130);
                 });
                 continue;

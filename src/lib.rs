@@ -5,6 +5,7 @@
 //! and [`state`]. Resource kinds live under [`resource`], one file each.
 
 pub mod apply;
+pub mod child;
 pub mod cli;
 pub mod comfyui;
 pub mod diagnostic;
@@ -21,6 +22,7 @@ pub mod lint;
 pub mod logfile;
 pub mod pin;
 pub mod plan;
+pub mod platform;
 pub mod python;
 pub mod render;
 pub mod resource;

@@ -9,8 +9,10 @@ pub(super) async fn apply_spec(
     yes: bool,
     options: &ApplyOptions,
     lock_timeout: Duration,
+    ignore_platform: bool,
 ) -> CommandResult {
     let loaded = load(env)?;
+    check_platform(&loaded, ignore_platform)?;
     let _lock = loaded.state_file.lock(lock_timeout, "apply")?;
     let state = loaded.state_file.load()?;
     let mut targets = observe.targets.clone();
@@ -47,6 +49,30 @@ pub(super) async fn apply_spec(
     run_apply(env, &loaded, &plan, &observations, state, options).await
 }
 
+/// A spec for another machine is planned under a warning but never applied
+/// unless the user says `--ignore-platform`.
+fn check_platform(loaded: &Loaded, ignore: bool) -> Result<(), Failure> {
+    let facts = crate::platform::current();
+    let differences = crate::platform::differences(&loaded.spec.platform, facts);
+    if differences.is_empty() {
+        return Ok(());
+    }
+    if ignore {
+        eprintln!(
+            "Warning: applying a spec for another machine (--ignore-platform): {}",
+            differences.join("; ")
+        );
+        return Ok(());
+    }
+    Err(Failure::Message(format!(
+        "{} is for another machine ({}); this machine is {}. Nothing was changed: \
+         fix the spec's `platform`, or pass --ignore-platform to apply it here anyway.",
+        loaded.spec.path.display(),
+        differences.join("; "),
+        facts.summary()
+    )))
+}
+
 /// Asks for "yes" on a terminal; elsewhere `--yes` is required.
 fn confirm() -> Result<(), Failure> {
     if !std::io::stdin().is_terminal() {
@@ -74,6 +100,7 @@ pub(super) async fn apply_saved(
     file: &Path,
     options: &ApplyOptions,
     lock_timeout: Duration,
+    ignore_platform: bool,
 ) -> CommandResult {
     let text = std::fs::read(file)
         .map_err(|e| Failure::Message(format!("cannot read the plan {}: {e}", file.display())))?;
@@ -95,6 +122,7 @@ pub(super) async fn apply_saved(
         .clone()
         .unwrap_or_else(|| PathBuf::from(&saved.basis.spec));
     let loaded = engine::load(&spec_file, env.state.as_deref())?;
+    check_platform(&loaded, ignore_platform)?;
     let stale = |why: String| {
         Failure::Message(format!(
             "the saved plan {} is stale: {why}. Nothing was changed; run `plasma plan --out {}` again.",

@@ -2,6 +2,67 @@
 
 use super::*;
 
+/// `plasma show platform`: the machine's facts (os, arch, accelerator with
+/// the driver's CUDA version, memory, the Pythons found), as text or JSON.
+pub(super) fn show_platform(json: bool) -> CommandResult {
+    let facts = crate::platform::current();
+    let cuda = (facts.accelerator == "cuda")
+        .then(crate::platform::cuda_version)
+        .flatten();
+    let pythons = crate::platform::pythons();
+    if json {
+        print_json(&serde_json::json!({
+            "facts": facts,
+            "cuda_version": cuda,
+            "pythons": pythons,
+        }));
+        return Ok(EXIT_OK);
+    }
+    let faked = |what: &str| {
+        if facts
+            .faked
+            .iter()
+            .any(|f| f == what || (what == "memory" && f == "memory-gb"))
+        {
+            format!(" (from {})", crate::platform::FAKE_VAR)
+        } else {
+            String::new()
+        }
+    };
+    println!("os           {}{}", facts.os, faked("os"));
+    println!("arch         {}{}", facts.arch, faked("arch"));
+    let accelerator = match &cuda {
+        Some(v) => format!("cuda (driver supports CUDA {v})"),
+        None => facts.accelerator.clone(),
+    };
+    println!("accelerator  {accelerator}{}", faked("accelerator"));
+    match facts.memory_bytes {
+        Some(bytes) => println!(
+            "memory       {:.1} GiB ({bytes} bytes){}",
+            bytes as f64 / (1u64 << 30) as f64,
+            faked("memory")
+        ),
+        None => println!("memory       unknown"),
+    }
+    if pythons.is_empty() {
+        println!("pythons      none found on PATH or in pyenv");
+    }
+    for (i, python) in pythons.iter().enumerate() {
+        println!(
+            "{}{} {}",
+            if i == 0 {
+                "pythons      "
+            } else {
+                "             "
+            },
+            python.version,
+            python.path.display()
+        );
+    }
+    println!("\nAs a spec line: platform {}", facts.summary());
+    Ok(EXIT_OK)
+}
+
 pub(super) async fn show(env: &Env, address: &str, json: bool) -> CommandResult {
     let loaded = load(env)?;
     let state = loaded.state_file.load()?;

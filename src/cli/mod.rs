@@ -7,7 +7,7 @@ mod plan;
 mod spec_file;
 
 use apply_commands::{apply_saved, apply_spec};
-use inspect::{show, state_command};
+use inspect::{show, show_platform, state_command};
 use plan::{drift, plan};
 use spec_file::{fmt, init, pin, validate};
 
@@ -115,6 +115,9 @@ pub enum Command {
         /// How long to wait for another plasma holding the state lock (e.g. "30s").
         #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
         lock_timeout: Duration,
+        /// Apply even though the spec's `platform` is not this machine.
+        #[arg(long)]
+        ignore_platform: bool,
     },
     /// Say whether the machine still matches: exit 0 converged, 2 drifted, 1 error.
     Drift {
@@ -127,6 +130,7 @@ pub enum Command {
     /// Print the resource graph in Graphviz DOT.
     Graph,
     /// Show one resource: what is observed now and what state recorded.
+    /// `plasma show platform` prints this machine's facts instead.
     Show {
         address: String,
         #[arg(long)]
@@ -273,14 +277,28 @@ async fn dispatch(command: Command, env: &Env) -> CommandResult {
             prune,
             rerun,
             lock_timeout,
+            ignore_platform,
         } => {
             let options = ApplyOptions { parallelism, prune };
             match plan_file {
                 Some(_) if !rerun.is_empty() => Err(Failure::Message(
                     "--rerun goes with a plan made now, not with a saved plan".into(),
                 )),
-                Some(file) => apply_saved(env, &file, &options, lock_timeout).await,
-                None => apply_spec(env, &observe, &rerun, yes, &options, lock_timeout).await,
+                Some(file) => {
+                    apply_saved(env, &file, &options, lock_timeout, ignore_platform).await
+                }
+                None => {
+                    apply_spec(
+                        env,
+                        &observe,
+                        &rerun,
+                        yes,
+                        &options,
+                        lock_timeout,
+                        ignore_platform,
+                    )
+                    .await
+                }
             }
         }
         Command::Drift { verify, json } => drift(env, verify, json).await,
@@ -289,6 +307,7 @@ async fn dispatch(command: Command, env: &Env) -> CommandResult {
             print!("{}", loaded.graph.to_dot(&loaded.spec));
             Ok(EXIT_OK)
         }
+        Command::Show { address, json } if address == "platform" => show_platform(json),
         Command::Show { address, json } => show(env, &address, json).await,
         Command::State(cmd) => state_command(env, cmd),
         Command::Pin => pin(env),

@@ -10,16 +10,35 @@ pub(super) fn init(force: bool) -> CommandResult {
             path.display()
         )));
     }
-    fsutil::write_atomic(&path, STARTER.as_bytes(), None)
+    let facts = crate::platform::current();
+    fsutil::write_atomic(&path, starter(facts).as_bytes(), None)
         .map_err(|e| Failure::Message(format!("cannot write {}: {e}", path.display())))?;
     println!(
-        "Wrote {}. Next: `plasma validate`, then `plasma plan`.",
-        path.display()
+        "Wrote {} for this machine ({}). Next: `plasma validate`, then `plasma plan`.",
+        path.display(),
+        facts.summary()
     );
     Ok(EXIT_OK)
 }
 
-const STARTER: &str = include_str!("starter.kdl");
+/// The starter spec for a machine with these facts: its platform line, and
+/// an accelerate config that fits its accelerator (fp16 only on CUDA; MPS
+/// refuses it; a CPU-only machine sets `use_cpu`), written beside the spec
+/// rather than over the user's real accelerate config.
+fn starter(facts: &crate::platform::Facts) -> String {
+    let (mixed_precision, note, use_cpu) = match facts.accelerator.as_str() {
+        "cuda" => ("fp16", "fp16 halves memory on CUDA", "#false"),
+        "mps" => ("no", "fp16 fails on MPS", "#false"),
+        _ => ("no", "no accelerator: full precision on the CPU", "#true"),
+    };
+    include_str!("starter.kdl")
+        .replace("{platform}", &facts.summary())
+        .replace("{mixed_precision}", mixed_precision)
+        .replace("{mixed_precision_note}", note)
+        .replace("{use_cpu}", use_cpu)
+        .replace("{{", "{")
+        .replace("}}", "}")
+}
 
 pub(super) fn validate(env: &Env, json: bool) -> CommandResult {
     let path = spec_path(env)?;

@@ -534,15 +534,38 @@ fn the_root_spec_and_every_example_validate_are_formatted_and_plan() {
             specs.push(path.display().to_string());
         }
     }
-    assert!(specs.len() >= 3, "{specs:?}");
+    assert!(specs.len() >= 5, "{specs:?}");
     for spec in &specs {
-        sb.run(&["validate", "-f", spec]).code(0);
-        sb.run(&["fmt", "--check", "-f", spec]).code(0);
+        // Each spec is checked on the machine it declares: its `platform`
+        // line's properties, faked as this machine's facts.
+        let text = std::fs::read_to_string(spec).unwrap();
+        let facts = text
+            .lines()
+            .find_map(|l| l.strip_prefix("platform "))
+            .unwrap_or("")
+            .to_string();
+        let run = |args: &[&str]| {
+            let mut cmd = sb.command(args);
+            cmd.env("PLASMA_PLATFORM", &facts);
+            let out = cmd.output().unwrap();
+            let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+            assert!(!stderr.contains("platform-mismatch"), "{spec}: {stderr}");
+            assert!(!stderr.contains("requirement-unmet"), "{spec}: {stderr}");
+            (
+                out.status.code(),
+                String::from_utf8_lossy(&out.stdout).into_owned(),
+                stderr,
+            )
+        };
+        let (code, _, stderr) = run(&["validate", "-f", spec]);
+        assert_eq!(code, Some(0), "{spec}: {stderr}");
+        let (code, _, stderr) = run(&["fmt", "--check", "-f", spec]);
+        assert_eq!(code, Some(0), "{spec}: {stderr}");
         // A plan only reads the machine (here an empty HOME): no network, no
         // installer; everything is to be created.
-        let plan = sb.run(&["plan", "-f", spec, "--state", "state.json"]);
-        plan.code(0);
-        assert!(plan.stdout.contains("to create"), "{spec}: {}", plan.stdout);
+        let (code, stdout, stderr) = run(&["plan", "-f", spec, "--state", "state.json"]);
+        assert_eq!(code, Some(0), "{spec}: {stderr}");
+        assert!(stdout.contains("to create"), "{spec}: {stdout}");
     }
     assert!(!sb.path("home/tools").exists(), "plan created nothing");
 }

@@ -12,6 +12,7 @@ mod engine_cli;
 mod git_layer;
 mod model_kind;
 mod plans_and_state;
+mod platform;
 mod python_layer;
 mod repo_kind;
 mod venv_kind;
