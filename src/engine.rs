@@ -306,6 +306,31 @@ pub fn make_plan(
     }
 }
 
+/// Kinds whose apply is a run (`apply --rerun` may force one).
+pub const RUN_KINDS: &[&str] = &["benchmark", "lora"];
+
+/// `apply --rerun ADDRESS`: plans a run of `address` even when nothing it
+/// depends on changed. Only run kinds can be forced.
+pub fn force_run(loaded: &Loaded, plan: &mut Plan, address: &str) -> Result<(), EngineError> {
+    select(loaded, &[address.to_string()])?;
+    let change = plan
+        .changes
+        .iter_mut()
+        .find(|c| c.address == address)
+        .ok_or_else(|| EngineError::Other(format!("`{address}` could not be observed")))?;
+    if !RUN_KINDS.contains(&change.kind.as_str()) {
+        return Err(EngineError::Other(format!(
+            "--rerun runs a benchmark or a training run; `{address}` is a {} (to make plasma redo it, change it or remove it from the state with `plasma state rm`)",
+            change.kind
+        )));
+    }
+    if change.diff.action == Action::NoOp {
+        change.diff = Diff::new(Action::Run, "forced by --rerun");
+    }
+    plan.summary = Plan::summarise(&plan.changes);
+    Ok(())
+}
+
 /// Where the spec is: `-f PATH`, else `plasma.kdl` here or in a folder above.
 pub fn locate_spec(explicit: Option<&Path>) -> Result<PathBuf, EngineError> {
     if let Some(p) = explicit {

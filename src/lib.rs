@@ -7,6 +7,7 @@
 pub mod apply;
 pub mod child;
 pub mod cli;
+pub mod comfyui;
 pub mod diagnostic;
 pub mod download;
 pub mod drift;

@@ -5,6 +5,7 @@ use super::*;
 pub(super) async fn apply_spec(
     env: &Env,
     observe: &ObserveArgs,
+    rerun: &[String],
     yes: bool,
     options: &ApplyOptions,
     lock_timeout: Duration,
@@ -14,9 +15,16 @@ pub(super) async fn apply_spec(
     check_platform(&loaded, ignore_platform)?;
     let _lock = lock_state(&loaded.state_file, lock_timeout, "apply")?;
     let state = read_state(env, &loaded.state_file)?;
-    let selected = engine::select(&loaded, &observe.targets)?;
+    let mut targets = observe.targets.clone();
+    if !targets.is_empty() {
+        targets.extend(rerun.iter().cloned());
+    }
+    let selected = engine::select(&loaded, &targets)?;
     let results = engine::observe(&loaded, state.as_ref(), &observe.options(), &selected).await;
-    let plan = engine::make_plan(&loaded, &results, state.as_ref(), options.prune);
+    let mut plan = engine::make_plan(&loaded, &results, state.as_ref(), options.prune);
+    for address in rerun {
+        engine::force_run(&loaded, &mut plan, address)?;
+    }
     print!("{}", render::plan(&plan, env.style));
     if !plan.errors.is_empty() {
         return Err(Failure::Message(

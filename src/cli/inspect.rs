@@ -122,6 +122,9 @@ pub(super) async fn show(env: &Env, address: &str, json: bool) -> CommandResult 
             }
             None => println!("never applied"),
         }
+        if let Some(extra) = loaded.spec.resources[index].resource.show() {
+            print!("{extra}");
+        }
     }
     Ok(EXIT_OK)
 }

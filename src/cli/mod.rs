@@ -117,6 +117,9 @@ pub enum Command {
         /// Delete the files of resources removed from the spec (only those plasma created).
         #[arg(long)]
         prune: bool,
+        /// Run this benchmark (or other run kind) even when nothing it depends on changed.
+        #[arg(long, value_name = "ADDRESS")]
+        rerun: Vec<String>,
         /// How long to wait for another plasma holding the state lock (e.g. "30s").
         #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
         lock_timeout: Duration,
@@ -305,16 +308,29 @@ async fn dispatch(command: Command, env: &Env) -> CommandResult {
             yes,
             parallelism,
             prune,
+            rerun,
             lock_timeout,
             ignore_platform,
         } => {
             let options = ApplyOptions { parallelism, prune };
             match plan_file {
+                Some(_) if !rerun.is_empty() => Err(Failure::Message(
+                    "--rerun goes with a plan made now, not with a saved plan".into(),
+                )),
                 Some(file) => {
                     apply_saved(env, &file, &options, lock_timeout, ignore_platform).await
                 }
                 None => {
-                    apply_spec(env, &observe, yes, &options, lock_timeout, ignore_platform).await
+                    apply_spec(
+                        env,
+                        &observe,
+                        &rerun,
+                        yes,
+                        &options,
+                        lock_timeout,
+                        ignore_platform,
+                    )
+                    .await
                 }
             }
         }

@@ -18,6 +18,7 @@ use crate::spec::reader::NodeReader;
 use crate::spec::{Address, Spec};
 use crate::state::ResourceState;
 
+pub mod benchmark;
 pub mod custom_node;
 pub mod file;
 pub mod link;
@@ -139,6 +140,11 @@ pub trait Kind: Send + Sync + 'static {
         Vec::new()
     }
 
+    /// More to print under `plasma show` (a benchmark's history table).
+    fn show(&self) -> Option<String> {
+        None
+    }
+
     /// Called once after the whole spec is loaded, for kinds that take
     /// something from the resources they reference (a custom node's folder
     /// lies inside its ComfyUI repo).
@@ -199,6 +205,7 @@ pub trait Resource: Send + Sync {
     fn resolve(&mut self, others: &Others<'_>);
     fn implied_dependencies(&self) -> Vec<Address>;
     fn dependencies_changed(&self, diff: Diff, changed: &[String]) -> Diff;
+    fn show(&self) -> Option<String>;
     fn as_any(&self) -> &dyn Any;
 }
 
@@ -262,6 +269,10 @@ impl<K: Kind> Resource for K {
         Kind::dependencies_changed(self, diff, changed)
     }
 
+    fn show(&self) -> Option<String> {
+        Kind::show(self)
+    }
+
     fn as_any(&self) -> &dyn Any {
         self
     }
@@ -283,6 +294,7 @@ pub const KINDS: &[&str] = &[
     venv::Venv::KIND,
     custom_node::CustomNode::KIND,
     service::Service::KIND,
+    benchmark::Benchmark::KIND,
 ];
 
 /// What [`prune_forgotten`] would do for this resource, for the plan
@@ -319,6 +331,9 @@ pub fn parse(kind: &str, reader: &NodeReader<'_, '_>) -> Option<Box<dyn Resource
         }
         service::Service::KIND => {
             service::Service::parse(reader).map(|r| Box::new(r) as Box<dyn Resource>)
+        }
+        benchmark::Benchmark::KIND => {
+            benchmark::Benchmark::parse(reader).map(|r| Box::new(r) as Box<dyn Resource>)
         }
         _ => None,
     }

@@ -423,6 +423,12 @@ impl<'a, 'c> NodeReader<'a, 'c> {
         Some(reference)
     }
 
+    /// Records a reference read from a nested block (by another reader) as
+    /// one of this node's, so it becomes an edge of the graph.
+    pub fn add_reference(&self, reference: Reference) {
+        self.references.borrow_mut().push(reference);
+    }
+
     /// The references the fields made, which become edges of the graph.
     pub fn references(&self) -> Vec<Reference> {
         self.references.borrow().clone()

@@ -3,6 +3,8 @@
 
 mod support;
 
+mod benchmark_kind;
+mod comfyui_client;
 mod custom_node_kind;
 mod diagnostics;
 mod download_layer;
