@@ -21,6 +21,7 @@ use crate::state::ResourceState;
 pub mod custom_node;
 pub mod file;
 pub mod link;
+pub mod lora;
 pub mod model;
 pub mod repo;
 pub mod structured;
@@ -258,6 +259,7 @@ pub const KINDS: &[&str] = &[
     model::Model::KIND,
     venv::Venv::KIND,
     custom_node::CustomNode::KIND,
+    lora::Lora::KIND,
 ];
 
 /// Parses a resource node of the given kind; `None` when its fields had errors
@@ -272,6 +274,7 @@ pub fn parse(kind: &str, reader: &NodeReader<'_, '_>) -> Option<Box<dyn Resource
         custom_node::CustomNode::KIND => {
             custom_node::CustomNode::parse(reader).map(|r| Box::new(r) as Box<dyn Resource>)
         }
+        lora::Lora::KIND => lora::Lora::parse(reader).map(|r| Box::new(r) as Box<dyn Resource>),
         _ => None,
     }
 }
