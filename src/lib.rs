@@ -19,6 +19,7 @@ pub mod git;
 pub mod graph;
 pub mod hashcache;
 pub mod hashing;
+pub mod kohya;
 pub mod lint;
 pub mod logfile;
 pub mod pin;

@@ -63,8 +63,27 @@ pub(super) fn show_platform(json: bool) -> CommandResult {
     Ok(EXIT_OK)
 }
 
-pub(super) async fn show(env: &Env, address: &str, json: bool) -> CommandResult {
+pub(super) async fn show(env: &Env, address: &str, json: bool, command: bool) -> CommandResult {
     let loaded = load(env)?;
+    if command {
+        let lora = loaded
+            .spec
+            .resources
+            .iter()
+            .find(|r| r.address.to_string() == address)
+            .and_then(|r| {
+                r.resource
+                    .as_any()
+                    .downcast_ref::<crate::resource::lora::Lora>()
+            })
+            .ok_or_else(|| {
+                Failure::Message(format!(
+                    "`--command` is for a lora; `{address}` is not one in the spec"
+                ))
+            })?;
+        println!("{}", lora.command_line(&loaded.state_file.dir()));
+        return Ok(EXIT_OK);
+    }
     let state = read_state(env, &loaded.state_file)?;
     let Some(index) = loaded
         .spec
@@ -117,8 +136,14 @@ pub(super) async fn show(env: &Env, address: &str, json: bool) -> CommandResult 
                         std::time::UNIX_EPOCH + Duration::from_secs(entry.applied_at)
                     )
                 );
-                println!("outputs:");
-                print_value(&serde_json::Value::Object(entry.outputs.clone()), 1);
+                // A LoRA run's record is a table and a chart, not a dump.
+                match crate::resource::lora::report(&entry.outputs) {
+                    Some(report) => print!("{report}"),
+                    None => {
+                        println!("outputs:");
+                        print_value(&serde_json::Value::Object(entry.outputs.clone()), 1);
+                    }
+                }
             }
             None => println!("never applied"),
         }

@@ -146,6 +146,9 @@ pub enum Command {
         address: String,
         #[arg(long)]
         json: bool,
+        /// For a `lora`: print the exact trainer command line and nothing else.
+        #[arg(long)]
+        command: bool,
     },
     /// Inspect or edit the state.
     #[command(subcommand)]
@@ -344,8 +347,12 @@ async fn dispatch(command: Command, env: &Env) -> CommandResult {
             print!("{}", loaded.graph.to_dot(&loaded.spec));
             Ok(EXIT_OK)
         }
-        Command::Show { address, json } if address == "platform" => show_platform(json),
-        Command::Show { address, json } => show(env, &address, json).await,
+        Command::Show { address, json, .. } if address == "platform" => show_platform(json),
+        Command::Show {
+            address,
+            json,
+            command,
+        } => show(env, &address, json, command).await,
         Command::State(cmd) => state_command(env, cmd),
         Command::Pin => pin(env),
         Command::Schema { name } => match schema::by_name(&name) {

@@ -304,6 +304,19 @@ impl GitDirs {
     }
 }
 
+/// The commit checked out in `work_tree`, read from files only (a
+/// submodule's `.git` file is followed); `None` when it is not a work tree
+/// of its own or HEAD is kept in a form only git reads (reftable).
+pub fn head_commit(work_tree: &Path) -> io::Result<Option<String>> {
+    let Some(dirs) = GitDirs::locate(work_tree)? else {
+        return Ok(None);
+    };
+    Ok(match read_head(&dirs)? {
+        HeadFromFiles::Known { commit, .. } => commit,
+        HeadFromFiles::Unknown { .. } => None,
+    })
+}
+
 /// HEAD as read from files.
 enum HeadFromFiles {
     Known {

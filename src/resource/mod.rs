@@ -22,6 +22,7 @@ pub mod benchmark;
 pub mod custom_node;
 pub mod file;
 pub mod link;
+pub mod lora;
 pub mod model;
 pub mod repo;
 pub mod service;
@@ -295,6 +296,7 @@ pub const KINDS: &[&str] = &[
     custom_node::CustomNode::KIND,
     service::Service::KIND,
     benchmark::Benchmark::KIND,
+    lora::Lora::KIND,
 ];
 
 /// What [`prune_forgotten`] would do for this resource, for the plan
@@ -335,6 +337,7 @@ pub fn parse(kind: &str, reader: &NodeReader<'_, '_>) -> Option<Box<dyn Resource
         benchmark::Benchmark::KIND => {
             benchmark::Benchmark::parse(reader).map(|r| Box::new(r) as Box<dyn Resource>)
         }
+        lora::Lora::KIND => lora::Lora::parse(reader).map(|r| Box::new(r) as Box<dyn Resource>),
         _ => None,
     }
 }

@@ -10,6 +10,7 @@ mod diagnostics;
 mod download_layer;
 mod engine_cli;
 mod git_layer;
+mod lora_kind;
 mod model_kind;
 mod plans_and_state;
 mod platform;
