@@ -2,8 +2,11 @@
 
 use super::*;
 
-pub(super) fn init(force: bool) -> CommandResult {
-    let path = PathBuf::from(crate::spec::SPEC_FILE);
+pub(super) fn init(env: &Env, force: bool) -> CommandResult {
+    let path = env
+        .cli_file
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(crate::spec::SPEC_FILE));
     if path.exists() && !force {
         return Err(Failure::Message(format!(
             "{} already exists (use --force to overwrite it)",
@@ -12,8 +15,12 @@ pub(super) fn init(force: bool) -> CommandResult {
     }
     fsutil::write_atomic(&path, STARTER.as_bytes(), None)
         .map_err(|e| Failure::Message(format!("cannot write {}: {e}", path.display())))?;
+    let flag = match &env.cli_file {
+        Some(file) => format!(" -f {}", file.display()),
+        None => String::new(),
+    };
     println!(
-        "Wrote {}. Next: `plasma validate`, then `plasma plan`.",
+        "Wrote {}. Next: `plasma validate{flag}`, then `plasma plan{flag}`.",
         path.display()
     );
     Ok(EXIT_OK)

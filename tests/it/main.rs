@@ -3,6 +3,7 @@
 
 mod support;
 
+mod cli_hints;
 mod custom_node_kind;
 mod diagnostics;
 mod download_layer;
@@ -12,4 +13,5 @@ mod model_kind;
 mod plans_and_state;
 mod python_layer;
 mod repo_kind;
+mod spec_fuzz;
 mod venv_kind;
