@@ -58,8 +58,24 @@ pub(super) fn validate(env: &Env, json: bool) -> CommandResult {
 
 pub(super) fn fmt(env: &Env, check: bool) -> CommandResult {
     let path = spec_path(env)?;
-    let text = std::fs::read_to_string(&path)
+    let bytes = std::fs::read(&path)
         .map_err(|e| Failure::Message(format!("cannot read {}: {e}", path.display())))?;
+    // Text the loader refuses (too large, not UTF-8, nested too deep) is
+    // reported the loader's way, and never reaches the KDL parser.
+    let text = match String::from_utf8(bytes) {
+        Ok(text)
+            if text.len() <= crate::spec::precheck::MAX_SPEC_BYTES
+                && crate::spec::precheck::scan(&text).too_deep.is_none() =>
+        {
+            text
+        }
+        _ => {
+            return Err(match crate::spec::load_file(&path) {
+                Err(e) => EngineError::Load(e).into(),
+                Ok(_) => Failure::Message(format!("cannot read {}", path.display())),
+            });
+        }
+    };
     kdl::KdlDocument::parse_v2(&text).map_err(|e| {
         Failure::Spec(
             crate::spec::load(&path, text.clone())

@@ -457,3 +457,16 @@ fn two_platforms_are_an_error() {
     );
     assert!(run.stderr.contains("first given here"), "{}", run.stderr);
 }
+
+#[test]
+fn fmt_refuses_deep_nesting_and_bad_bytes_with_a_location() {
+    let sb = Sandbox::new();
+    sb.spec(&"a {".repeat(5000));
+    let run = sb.run(&["fmt"]);
+    run.code(1);
+    assert!(run.stderr.contains("spec::too-deep"), "{}", run.stderr);
+    std::fs::write(sb.path("plasma.kdl"), b"file a {\n    path \"\xff\"\n}\n").unwrap();
+    let run = sb.run(&["fmt"]);
+    run.code(1);
+    assert!(run.stderr.contains("[plasma.kdl:2:11]"), "{}", run.stderr);
+}
