@@ -48,7 +48,12 @@ pub struct Loaded {
 /// Load, resolve and lint. Lint errors fail like load errors; warnings are returned.
 pub fn load(spec_path: &Path, state_path: Option<&Path>) -> Result<Loaded, EngineError> {
     let spec = spec::load_file(spec_path)?;
-    let graph = Graph::build(&spec).map_err(|p| SpecErrors { problems: vec![p] })?;
+    let graph = Graph::build(&spec).map_err(|cycle| {
+        // A cycle does not hide the lints: every mistake shows in one run.
+        let mut problems = vec![cycle];
+        problems.extend(lint::run(&spec));
+        SpecErrors { problems }
+    })?;
     let findings = lint::run(&spec);
     let (errors, warnings): (Vec<Problem>, Vec<Problem>) =
         findings.into_iter().partition(Problem::is_error);
@@ -141,7 +146,7 @@ pub fn select(loaded: &Loaded, targets: &[String]) -> Result<Vec<bool>, EngineEr
                     .map(|r| r.address.to_string())
                     .collect();
                 let hint =
-                    crate::diagnostic::did_you_mean(target, known.iter().map(String::as_str))
+                    crate::diagnostic::suggest_address(target, known.iter().map(String::as_str))
                         .map(|s| format!(" (did you mean `{s}`?)"))
                         .unwrap_or_default();
                 return Err(EngineError::Other(format!(

@@ -10,11 +10,24 @@ use crate::drift::DriftReport;
 use crate::plan::Plan;
 use crate::state::{ResourceState, State};
 
-/// `plasma validate --json`.
+/// `plasma validate --json`; also what any `--json` command prints when it
+/// fails before its own document is made (the spec does not load, a file
+/// cannot be read).
 #[derive(Debug, Serialize, JsonSchema)]
 pub struct ValidateReport {
     pub valid: bool,
+    /// The first [`MAX_JSON_PROBLEMS`] problems.
     pub problems: Vec<ProblemReport>,
+    /// How many more problems there were, not listed.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub omitted: usize,
+}
+
+/// The most problems a JSON document lists.
+pub const MAX_JSON_PROBLEMS: usize = 1000;
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
 }
 
 /// One diagnostic, located in the spec.
@@ -36,8 +49,10 @@ impl ValidateReport {
     pub fn new(valid: bool, problems: &[Problem]) -> Self {
         ValidateReport {
             valid,
+            omitted: problems.len().saturating_sub(MAX_JSON_PROBLEMS),
             problems: problems
                 .iter()
+                .take(MAX_JSON_PROBLEMS)
                 .map(|p| {
                     let location = p.location();
                     ProblemReport {
@@ -55,6 +70,22 @@ impl ValidateReport {
                     }
                 })
                 .collect(),
+        }
+    }
+
+    /// A failure that is not about a place in the spec, as one problem.
+    pub fn failure(message: &str) -> Self {
+        ValidateReport {
+            valid: false,
+            omitted: 0,
+            problems: vec![ProblemReport {
+                code: "plasma::error".to_string(),
+                severity: "error".to_string(),
+                message: message.to_string(),
+                line: None,
+                column: None,
+                help: None,
+            }],
         }
     }
 }

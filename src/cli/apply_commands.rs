@@ -97,6 +97,16 @@ fn confirm() -> Result<(), Failure> {
     }
 }
 
+/// Whether a file given as a saved plan is a KDL spec instead.
+fn looks_like_spec(file: &Path, text: &[u8]) -> bool {
+    file.extension().is_some_and(|e| e == "kdl")
+        || std::str::from_utf8(text).is_ok_and(|t| {
+            !t.trim_start().starts_with('{')
+                && crate::spec::precheck::scan(t).too_deep.is_none()
+                && kdl::KdlDocument::parse_v2(t).is_ok()
+        })
+}
+
 pub(super) async fn apply_saved(
     env: &Env,
     file: &Path,
@@ -114,6 +124,12 @@ pub(super) async fn apply_saved(
     let text = std::fs::read(file)
         .map_err(|e| Failure::Message(format!("cannot read the plan {}: {e}", file.display())))?;
     let saved: Plan = serde_json::from_slice(&text).map_err(|e| {
+        if looks_like_spec(file, &text) {
+            return Failure::Message(format!(
+                "{0} is a spec, not a saved plan: `plasma apply FILE` runs a plan saved by `plasma plan --out FILE`; to apply a spec, run `plasma apply -f {0}`",
+                file.display()
+            ));
+        }
         Failure::Message(format!(
             "{} is not a plan saved by `plasma plan --out`: {e}",
             file.display()

@@ -68,14 +68,15 @@ pub enum ColorChoice {
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
-    /// Write a commented starter plasma.kdl in the current folder.
+    /// Write a commented starter spec: plasma.kdl in the current folder, or the -f file.
     Init {
-        /// Overwrite an existing plasma.kdl.
+        /// Overwrite an existing spec.
         #[arg(long)]
         force: bool,
     },
     /// Load, resolve and lint the spec without touching the machine.
     Validate {
+        /// Print the problems as JSON (`plasma schema validate`) on stdout.
         #[arg(long)]
         json: bool,
     },
@@ -99,6 +100,7 @@ pub enum Command {
         /// created are deletes, with their paths.
         #[arg(long)]
         prune: bool,
+        /// Print the plan as JSON (`plasma schema plan`) on stdout.
         #[arg(long)]
         json: bool,
     },
@@ -132,6 +134,7 @@ pub enum Command {
         /// Re-check content that is otherwise trusted from a cache.
         #[arg(long)]
         verify: bool,
+        /// Print the report as JSON (`plasma schema drift`) on stdout.
         #[arg(long)]
         json: bool,
         /// Print nothing when the machine matches (for cron: mail only on drift).
@@ -143,7 +146,9 @@ pub enum Command {
     /// Show one resource: what is observed now and what state recorded.
     /// `plasma show platform` prints this machine's facts instead.
     Show {
+        /// The resource's address, `kind.name` (e.g. `repo.comfyui`).
         address: String,
+        /// Print it as JSON (`plasma schema show`) on stdout.
         #[arg(long)]
         json: bool,
         /// For a `lora`: print the exact trainer command line and nothing else.
@@ -153,10 +158,27 @@ pub enum Command {
     /// Inspect or edit the state.
     #[command(subcommand)]
     State(StateCommand),
-    /// Print the JSON Schema of an output document (plan, drift, state, validate).
-    Schema { name: String },
+    /// Print the JSON Schema of an output document.
+    Schema {
+        /// Which document.
+        #[arg(value_parser = clap::builder::PossibleValuesParser::new(schema::NAMES.iter().copied()))]
+        name: String,
+    },
     /// Write the sha256 recorded at download into plasma.kdl for models that have none.
     Pin,
+}
+
+impl Command {
+    /// Whether the command was asked for JSON output.
+    fn wants_json(&self) -> bool {
+        match self {
+            Command::Validate { json }
+            | Command::Plan { json, .. }
+            | Command::Drift { json, .. }
+            | Command::Show { json, .. } => *json,
+            _ => false,
+        }
+    }
 }
 
 #[derive(clap::Args, Debug, Default)]
@@ -187,10 +209,15 @@ pub enum StateCommand {
     /// List the resources in state.
     List,
     /// Print one resource's state entry as JSON.
-    Show { address: String },
+    Show {
+        /// The resource's address, `kind.name`.
+        address: String,
+    },
     /// Remove a resource from state (its files are kept).
     Rm {
+        /// The resource's address, `kind.name`.
         address: String,
+        /// How long to wait for another plasma holding the state lock (e.g. "30s").
         #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
         lock_timeout: Duration,
     },
@@ -239,7 +266,7 @@ struct Env {
 }
 
 pub fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = Cli::try_parse().unwrap_or_else(|e| hint_spec_argument(e).exit());
     let (style, stderr_color) = match cli.color {
         ColorChoice::Always => (Style { color: true }, true),
         ColorChoice::Never => (Style { color: false }, false),
@@ -260,6 +287,7 @@ pub fn main() -> ExitCode {
         style,
         stderr_color,
     };
+    let json = cli.command.wants_json();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -267,6 +295,15 @@ pub fn main() -> ExitCode {
     let result = runtime.block_on(dispatch(cli.command, &env));
     match result {
         Ok(code) => ExitCode::from(code),
+        // `--json` asks for JSON on stdout, failures included.
+        Err(Failure::Spec(problems)) if json => {
+            print_json(&schema::ValidateReport::new(false, &problems));
+            ExitCode::from(EXIT_ERROR)
+        }
+        Err(Failure::Message(message)) if json => {
+            print_json(&schema::ValidateReport::failure(&message));
+            ExitCode::from(EXIT_ERROR)
+        }
         Err(Failure::Spec(problems)) => {
             eprint!("{}", diagnostic::render(&problems, env.stderr_color));
             let errors = problems.iter().filter(|p| p.is_error()).count();
@@ -285,7 +322,7 @@ pub fn main() -> ExitCode {
 
 async fn dispatch(command: Command, env: &Env) -> CommandResult {
     match command {
-        Command::Init { force } => init(force),
+        Command::Init { force } => init(env, force),
         Command::Validate { json } => validate(env, json),
         Command::Fmt { check } => fmt(env, check),
         Command::Plan {
@@ -366,6 +403,32 @@ async fn dispatch(command: Command, env: &Env) -> CommandResult {
             ))),
         },
     }
+}
+
+/// `plasma plan plasma.kdl`: a spec given where no argument is taken gets
+/// a tip to pass it with `-f`.
+fn hint_spec_argument(mut error: clap::Error) -> clap::Error {
+    use clap::error::{ContextKind, ContextValue, ErrorKind};
+    if error.kind() != ErrorKind::UnknownArgument {
+        return error;
+    }
+    let Some(ContextValue::String(arg)) = error.get(ContextKind::InvalidArg).cloned() else {
+        return error;
+    };
+    if !arg.ends_with(".kdl") {
+        return error;
+    }
+    let args: Vec<String> = std::env::args()
+        .skip(1)
+        .map(|a| if a == arg { format!("-f {a}") } else { a })
+        .collect();
+    error.insert(
+        ContextKind::Suggested,
+        ContextValue::StyledStrs(vec![
+            format!("the spec is given with -f: `plasma {}`", args.join(" ")).into(),
+        ]),
+    );
+    error
 }
 
 fn spec_path(env: &Env) -> Result<PathBuf, Failure> {

@@ -2,8 +2,11 @@
 
 use super::*;
 
-pub(super) fn init(force: bool) -> CommandResult {
-    let path = PathBuf::from(crate::spec::SPEC_FILE);
+pub(super) fn init(env: &Env, force: bool) -> CommandResult {
+    let path = env
+        .cli_file
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(crate::spec::SPEC_FILE));
     if path.exists() && !force {
         return Err(Failure::Message(format!(
             "{} already exists (use --force to overwrite it)",
@@ -13,8 +16,12 @@ pub(super) fn init(force: bool) -> CommandResult {
     let facts = crate::platform::current();
     fsutil::write_atomic(&path, starter(facts).as_bytes(), None)
         .map_err(|e| Failure::Message(format!("cannot write {}: {e}", path.display())))?;
+    let flag = match &env.cli_file {
+        Some(file) => format!(" -f {}", file.display()),
+        None => String::new(),
+    };
     println!(
-        "Wrote {} for this machine ({}). Next: `plasma validate`, then `plasma plan`.",
+        "Wrote {} for this machine ({}). Next: `plasma validate{flag}`, then `plasma plan{flag}`.",
         path.display(),
         facts.summary()
     );
@@ -70,8 +77,24 @@ pub(super) fn validate(env: &Env, json: bool) -> CommandResult {
 
 pub(super) fn fmt(env: &Env, check: bool) -> CommandResult {
     let path = spec_path(env)?;
-    let text = std::fs::read_to_string(&path)
+    let bytes = std::fs::read(&path)
         .map_err(|e| Failure::Message(format!("cannot read {}: {e}", path.display())))?;
+    // Text the loader refuses (too large, not UTF-8, nested too deep) is
+    // reported the loader's way, and never reaches the KDL parser.
+    let text = match String::from_utf8(bytes) {
+        Ok(text)
+            if text.len() <= crate::spec::precheck::MAX_SPEC_BYTES
+                && crate::spec::precheck::scan(&text).too_deep.is_none() =>
+        {
+            text
+        }
+        _ => {
+            return Err(match crate::spec::load_file(&path) {
+                Err(e) => EngineError::Load(e).into(),
+                Ok(_) => Failure::Message(format!("cannot read {}", path.display())),
+            });
+        }
+    };
     kdl::KdlDocument::parse_v2(&text).map_err(|e| {
         Failure::Spec(
             crate::spec::load(&path, text.clone())

@@ -7,17 +7,20 @@ use async_trait::async_trait;
 use serde::Serialize;
 use serde_json::{Value, json};
 
-use super::{ApplyContext, Kind, ObserveContext, Outputs, ResourceError};
+use super::{ApplyContext, Kind, ObserveContext, Others, Outputs, ResourceError};
 use crate::fsutil;
 use crate::plan::{Action, Diff};
-use crate::spec::Spanned;
 use crate::spec::reader::NodeReader;
+use crate::spec::{Address, Spanned};
 use crate::state::ResourceState;
 
 #[derive(Debug)]
 pub struct Link {
     pub path: Spanned<PathBuf>,
     pub target: Spanned<PathBuf>,
+    /// Another resource of the spec that owns the target (or a folder
+    /// holding it): a missing target is then made by the same apply.
+    pub target_owner: Option<Address>,
 }
 
 #[derive(Debug, Serialize)]
@@ -37,6 +40,7 @@ impl Link {
         Some(Link {
             path: path?,
             target: target?,
+            target_owner: None,
         })
     }
 }
@@ -52,6 +56,15 @@ impl Kind for Link {
 
     fn owned_paths(&self) -> Vec<PathBuf> {
         vec![self.path.value.clone()]
+    }
+
+    fn resolve(&mut self, others: &Others<'_>) {
+        let target = &self.target.value;
+        self.target_owner = others
+            .resources
+            .iter()
+            .find(|(_, r)| r.owned_paths().iter().any(|p| target.starts_with(p)))
+            .map(|(address, _)| (*address).clone());
     }
 
     async fn observe(&self, _cx: &ObserveContext<'_>) -> Result<LinkObserved, ResourceError> {
@@ -98,7 +111,7 @@ impl Kind for Link {
                 Some(want),
             ),
         };
-        if !observed.target_exists {
+        if !observed.target_exists && self.target_owner.is_none() {
             diff.warnings.push(format!(
                 "the target {} does not exist (the link will dangle)",
                 self.target.value.display()

@@ -11,11 +11,12 @@ use miette::{NamedSource, SourceSpan};
 use crate::diagnostic::{Problem, Source, SpecErrors, did_you_mean};
 use crate::resource::{self, Resource};
 
+pub mod precheck;
 pub mod reader;
 pub mod vars;
 
 use reader::{LoadContext, NodeReader};
-use vars::Vars;
+use vars::{InterpolateError, Vars};
 
 /// The spec's file name, looked for upward from the current folder.
 pub const SPEC_FILE: &str = "plasma.kdl";
@@ -128,14 +129,48 @@ pub fn find(start: &Path) -> Option<PathBuf> {
         .find(|candidate| candidate.is_file())
 }
 
-/// Reads and loads a spec file.
+/// Reads and loads a spec file. Files past [`precheck::MAX_SPEC_BYTES`] and
+/// files that are not UTF-8 are spec errors with a location, like any other.
 pub fn load_file(path: &Path) -> Result<Spec, LoadError> {
-    let text = std::fs::read_to_string(path).map_err(|source| LoadError::Read {
+    let read_error = |source| LoadError::Read {
         path: path.to_path_buf(),
         source,
-    })?;
+    };
+    let file = std::fs::File::open(path).map_err(read_error)?;
+    let mut bytes = Vec::new();
+    // One byte past the limit is enough to know the file is too large.
+    std::io::Read::read_to_end(
+        &mut std::io::Read::take(&file, precheck::MAX_SPEC_BYTES as u64 + 1),
+        &mut bytes,
+    )
+    .map_err(read_error)?;
     let absolute = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
-    load(&absolute, text).map_err(LoadError::Spec)
+    if bytes.len() > precheck::MAX_SPEC_BYTES {
+        let size = file.metadata().map_or(bytes.len() as u64, |m| m.len());
+        bytes.truncate(precheck::MAX_SPEC_BYTES);
+        let text = String::from_utf8_lossy(&bytes).into_owned();
+        let end = text.len();
+        let problem = precheck::too_large(size)
+            .label(SourceSpan::new(end.into(), 0), "the limit is passed here")
+            .with_source(&source_for(&absolute, &text));
+        return Err(LoadError::Spec(SpecErrors {
+            problems: vec![problem],
+        }));
+    }
+    match String::from_utf8(bytes) {
+        Ok(text) => load(&absolute, text).map_err(LoadError::Spec),
+        Err(e) => {
+            // The rest of the file is still checked, with the bad bytes replaced.
+            let at = e.utf8_error().valid_up_to();
+            let text = String::from_utf8_lossy(e.as_bytes()).into_owned();
+            let mut problems =
+                vec![precheck::not_utf8(at).with_source(&source_for(&absolute, &text))];
+            if let Err(errors) = load(&absolute, text) {
+                problems.extend(errors.problems);
+            }
+            Err(LoadError::Spec(SpecErrors { problems }))
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -149,21 +184,79 @@ pub enum LoadError {
     Spec(SpecErrors),
 }
 
-/// Loads spec text. Every problem in the file is reported together.
-pub fn load(path: &Path, text: String) -> Result<Spec, SpecErrors> {
-    let text = Arc::new(text);
+/// The spec's text as diagnostics quote it: with URL credentials masked.
+fn source_for(path: &Path, text: &str) -> Source {
     let display_name = path.file_name().map_or_else(
         || path.display().to_string(),
         |n| n.to_string_lossy().into_owned(),
     );
     // Diagnostics quote the spec with URL secrets masked (crate::redact).
-    let source: Source = Arc::new(NamedSource::new(
+    Arc::new(NamedSource::new(
         display_name,
-        Arc::new(crate::redact::mask_in_place(&text)),
-    ));
+        Arc::new(crate::redact::mask_in_place(text)),
+    ))
+}
+
+/// The stack a spec is loaded on, in bytes. The KDL parser and the readers
+/// of nested values recurse once per level; [`precheck::MAX_DEPTH`] bounds
+/// the levels, and this leaves room for them on any calling thread (test
+/// threads get 2 MiB).
+const LOAD_STACK_BYTES: usize = 64 << 20;
+
+/// Loads spec text. Every problem in the file is reported together: spec
+/// errors, and the lints of the resources that did load.
+pub fn load(path: &Path, text: String) -> Result<Spec, SpecErrors> {
+    std::thread::scope(|scope| {
+        let loader = std::thread::Builder::new()
+            .name("spec-load".into())
+            .stack_size(LOAD_STACK_BYTES)
+            .spawn_scoped(scope, || load_here(path, text));
+        match loader {
+            Ok(handle) => handle
+                .join()
+                .unwrap_or_else(|panic| std::panic::resume_unwind(panic)),
+            Err(e) => Err(SpecErrors {
+                problems: vec![Problem::error(
+                    "spec::internal",
+                    format!("cannot start a thread to read the spec: {e}"),
+                )],
+            }),
+        }
+    })
+}
+
+fn load_here(path: &Path, text: String) -> Result<Spec, SpecErrors> {
+    let text = Arc::new(text);
+    let source = source_for(path, &text);
     let dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
 
-    let document = match KdlDocument::parse_v2(&text) {
+    let scan = precheck::scan(&text);
+    if let Some(problem) = &scan.too_deep {
+        return Err(SpecErrors {
+            problems: vec![problem.clone().with_source(&source)],
+        });
+    }
+    // Habits are reported once, at their span; the rest is read with each
+    // replaced by a stand-in of the same length, so the errors they would
+    // cause downstream do not bury the one that matters.
+    let repaired = (!scan.habits.is_empty()).then(|| scan.repaired(&text));
+    let parsed_text: &str = repaired.as_deref().unwrap_or(&text);
+    let report = |problems: Vec<Problem>| -> SpecErrors {
+        let habits = scan.habits.iter().map(|h| h.problem.clone());
+        let others = problems.into_iter().filter(|p| {
+            p.labels
+                .first()
+                .is_none_or(|(span, _)| !scan.explains(*span))
+        });
+        SpecErrors {
+            problems: habits
+                .chain(others)
+                .map(|p| p.with_source(&source))
+                .collect(),
+        }
+    };
+
+    let document = match KdlDocument::parse_v2(parsed_text) {
         Ok(doc) => doc,
         Err(err) => {
             let problems = err
@@ -175,28 +268,28 @@ pub fn load(path: &Path, text: String) -> Result<Spec, SpecErrors> {
                         .clone()
                         .unwrap_or_else(|| "invalid KDL".to_string());
                     let mut p = Problem::error("spec::syntax", message)
-                        .label(d.span, d.label.clone().unwrap_or_else(|| "here".into()))
-                        .with_source(&source);
+                        .label(d.span, d.label.clone().unwrap_or_else(|| "here".into()));
                     if let Some(help) = &d.help {
                         p = p.help(help.clone());
                     }
                     p
                 })
                 .collect();
-            return Err(SpecErrors { problems });
+            return Err(report(problems));
         }
     };
 
     let mut vars = Vars::default();
     let mut platform = Platform::default();
-    let mut platform_span = None;
+    let mut platform_span: Option<SourceSpan> = None;
+    let mut problems;
     let mut resources: Vec<Declared>;
     {
         let bootstrap = Vars::default();
         let cx = LoadContext {
             vars: &bootstrap,
             spec_dir: &dir,
-            source_text: &text,
+            source_text: parsed_text,
             problems: Default::default(),
         };
         // Vars come first so every resource can use them, wherever they are written.
@@ -207,12 +300,12 @@ pub fn load(path: &Path, text: String) -> Result<Spec, SpecErrors> {
         {
             load_vars(node, &mut vars, &cx);
         }
-        let mut problems = cx.problems.into_inner();
+        problems = cx.problems.into_inner();
 
         let cx = LoadContext {
             vars: &vars,
             spec_dir: &dir,
-            source_text: &text,
+            source_text: parsed_text,
             problems: Default::default(),
         };
         let mut seen: HashMap<Address, SourceSpan> = HashMap::new();
@@ -221,6 +314,15 @@ pub fn load(path: &Path, text: String) -> Result<Spec, SpecErrors> {
             match node.name().value() {
                 "vars" => {}
                 "platform" => {
+                    if let Some(first) = platform_span {
+                        cx.report(
+                            Problem::error("spec::duplicate-platform", "`platform` is given twice")
+                                .label(node.name().span(), "given again here")
+                                .label(first, "first given here")
+                                .help("a spec is for one machine: merge the two into one `platform` line"),
+                        );
+                        continue;
+                    }
                     platform_span = Some(node.name().span());
                     platform = load_platform(node, &cx);
                 }
@@ -229,13 +331,6 @@ pub fn load(path: &Path, text: String) -> Result<Spec, SpecErrors> {
         }
         problems.extend(cx.problems.into_inner());
         check_references(&loading, &mut problems);
-        if problems.iter().any(Problem::is_error) {
-            let problems = problems
-                .into_iter()
-                .map(|p| p.with_source(&source))
-                .collect();
-            return Err(SpecErrors { problems });
-        }
         resources = loading
             .into_iter()
             .filter_map(|l| {
@@ -252,16 +347,22 @@ pub fn load(path: &Path, text: String) -> Result<Spec, SpecErrors> {
         resolve_resources(&mut resources);
     }
 
-    Ok(Spec {
+    let spec = Spec {
         path: path.to_path_buf(),
         dir,
         text,
-        source,
+        source: source.clone(),
         platform,
         platform_span,
         vars,
         resources,
-    })
+    };
+    if problems.iter().any(Problem::is_error) || !scan.habits.is_empty() {
+        // The resources that loaded are linted too: one run shows every mistake.
+        problems.extend(crate::lint::run(&spec));
+        return Err(report(problems));
+    }
+    Ok(spec)
 }
 
 fn load_vars(node: &KdlNode, vars: &mut Vars, cx: &LoadContext<'_>) {
@@ -295,7 +396,12 @@ fn load_vars(node: &KdlNode, vars: &mut Vars, cx: &LoadContext<'_>) {
         // Each variable may use the ones declared before it.
         match vars.interpolate(text) {
             Ok(value) => vars.insert(name, value),
-            Err(unknown) => cx.report(
+            Err(InterpolateError::TooLarge) => {
+                cx.report(reader::too_large_expansion(entry.span()));
+                // Later variables would only fail the same way.
+                return;
+            }
+            Err(InterpolateError::Unknown(unknown)) => cx.report(
                 Problem::error(
                     "spec::unknown-variable",
                     format!("unknown variable `{unknown}`"),
@@ -583,7 +689,9 @@ fn check_references(resources: &[Loading], problems: &mut Vec<Problem>) {
                 ),
             )
             .label(reference.span, "no such resource");
-            if let Some(s) = did_you_mean(&target, addresses.iter().map(String::as_str)) {
+            let own = declared.address.to_string();
+            let others = addresses.iter().map(String::as_str).filter(|a| *a != own);
+            if let Some(s) = did_you_mean(&target, others) {
                 p = p.help(format!("did you mean `{s}`?"));
             }
             problems.push(p);

@@ -13,7 +13,7 @@ use std::time::Duration;
 use kdl::{KdlEntry, KdlNode, KdlValue};
 use miette::SourceSpan;
 
-use super::vars::Vars;
+use super::vars::{InterpolateError, MAX_EXPANDED_BYTES, Vars};
 use super::{Address, Reference, Spanned};
 use crate::diagnostic::{Problem, did_you_mean};
 use crate::size::{self, ExpectedSize, SizeError};
@@ -31,11 +31,12 @@ impl LoadContext<'_> {
         self.problems.borrow_mut().push(problem);
     }
 
-    /// Interpolates `{var}` references in a string value, reporting unknown names.
+    /// Interpolates `{var}` references in a string value, reporting unknown
+    /// names and expansions past the spec's budget.
     pub fn interpolate(&self, text: &str, span: SourceSpan) -> Option<String> {
         match self.vars.interpolate(text) {
             Ok(s) => Some(s),
-            Err(unknown) => {
+            Err(InterpolateError::Unknown(unknown)) => {
                 let label_span = locate(self.source_text, span, &format!("{{{unknown}}}"));
                 let mut problem = Problem::error(
                     "spec::unknown-variable",
@@ -48,6 +49,10 @@ impl LoadContext<'_> {
                     None => problem.help("define it in the `vars { … }` block"),
                 };
                 self.report(problem);
+                None
+            }
+            Err(InterpolateError::TooLarge) => {
+                self.report(too_large_expansion(span));
                 None
             }
         }
@@ -74,6 +79,19 @@ pub fn home_dir() -> PathBuf {
     std::env::var_os("HOME")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from("/"))
+}
+
+/// The error for an interpolation past [`MAX_EXPANDED_BYTES`].
+pub fn too_large_expansion(span: SourceSpan) -> Problem {
+    Problem::error(
+        "spec::expansion-too-large",
+        format!(
+            "variables expand to more than {} MiB",
+            MAX_EXPANDED_BYTES >> 20
+        ),
+    )
+    .label(span, "expanding this passes the limit")
+    .help("a variable that uses another several times grows with each use; write the value out instead")
 }
 
 /// Narrows a span to the first occurrence of `needle` inside it, when present.
@@ -283,6 +301,23 @@ impl<'a, 'c> NodeReader<'a, 'c> {
         let entry = self.single_arg(child, "#true or #false")?;
         match entry.value() {
             KdlValue::Bool(b) => Some(Spanned::new(*b, entry.span())),
+            KdlValue::String(word) if yaml_bool(word).is_some() => {
+                // YAML's and KDL 1's booleans read as strings in KDL 2.
+                let fix = if yaml_bool(word) == Some(true) {
+                    "#true"
+                } else {
+                    "#false"
+                };
+                self.fail(
+                    Problem::error(
+                        "spec::wrong-type",
+                        format!("expected #true or #false, found the string \"{word}\""),
+                    )
+                    .label(entry.span(), format!("KDL 2 writes this `{fix}`"))
+                    .help(format!("write `{} {fix}`", child.name().value())),
+                );
+                None
+            }
             _ => {
                 self.wrong_type(entry, "#true or #false");
                 None
@@ -489,7 +524,10 @@ impl<'a, 'c> NodeReader<'a, 'c> {
 
     /// Reports children and properties that no field asked for.
     pub fn finish(self) {
-        let known_children = self.known_children.borrow();
+        // A field may be asked for more than once (`content` by two readers).
+        let mut known_children = self.known_children.borrow().clone();
+        let mut seen = HashSet::new();
+        known_children.retain(|name| seen.insert(*name));
         let used = self.used_children.borrow();
         let mut missing = self.missing.take();
         for (i, child) in self.children() {
@@ -558,6 +596,15 @@ fn check_props(
             problem = problem.help(format!("did you mean `{s}`?"));
         }
         reader.cx.report(problem);
+    }
+}
+
+/// The boolean a YAML or KDL 1 user means by `word`, if it is one.
+fn yaml_bool(word: &str) -> Option<bool> {
+    match word.to_ascii_lowercase().as_str() {
+        "true" | "yes" | "on" | "y" => Some(true),
+        "false" | "no" | "off" | "n" => Some(false),
+        _ => None,
     }
 }
 

@@ -1,11 +1,39 @@
 //! `vars { … }` and `{name}` interpolation.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+
 use indexmap_like::OrderedVars;
 
+/// The most bytes interpolation may produce over a whole spec. Each `{name}`
+/// copies a variable's value, so variables that each use the previous one
+/// twice double in size: without a budget a few hundred bytes of spec ask
+/// for gigabytes.
+pub const MAX_EXPANDED_BYTES: usize = 16 << 20;
+
 /// Variables in the order they were declared; each may use the ones before it.
-#[derive(Debug, Default, Clone)]
+#[derive(Debug, Default)]
 pub struct Vars {
     values: OrderedVars,
+    /// Bytes produced by interpolation so far, against [`MAX_EXPANDED_BYTES`].
+    expanded: AtomicUsize,
+}
+
+impl Clone for Vars {
+    fn clone(&self) -> Self {
+        Vars {
+            values: self.values.clone(),
+            expanded: AtomicUsize::new(self.expanded.load(Ordering::Relaxed)),
+        }
+    }
+}
+
+/// Why a string could not be interpolated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum InterpolateError {
+    /// `{name}` names no variable.
+    Unknown(String),
+    /// The spec's expansions together would pass [`MAX_EXPANDED_BYTES`].
+    TooLarge,
 }
 
 impl Vars {
@@ -24,8 +52,9 @@ impl Vars {
     /// Replaces every `{name}` with its value. `{{` and `}}` stand for literal
     /// braces. Text such as `{"a": 1}` that is not a `{identifier}` is kept, so
     /// JSON or YAML written inline does not need escaping. Returns the first
-    /// unknown name on failure.
-    pub fn interpolate(&self, text: &str) -> Result<String, String> {
+    /// unknown name on failure, or [`InterpolateError::TooLarge`] once the
+    /// spec's expansions pass [`MAX_EXPANDED_BYTES`].
+    pub fn interpolate(&self, text: &str) -> Result<String, InterpolateError> {
         if !text.contains('{') && !text.contains("}}") {
             return Ok(text.to_string());
         }
@@ -41,10 +70,15 @@ impl Vars {
                 out.push('}');
                 rest = after;
             } else if let Some((name, after)) = variable_at(tail) {
-                match self.get(name) {
-                    Some(value) => out.push_str(value),
-                    None => return Err(name.to_string()),
+                let value = self
+                    .get(name)
+                    .ok_or_else(|| InterpolateError::Unknown(name.to_string()))?;
+                let spent = self.expanded.load(Ordering::Relaxed) + value.len();
+                if spent > MAX_EXPANDED_BYTES {
+                    return Err(InterpolateError::TooLarge);
                 }
+                self.expanded.store(spent, Ordering::Relaxed);
+                out.push_str(value);
                 rest = after;
             } else {
                 out.push_str(&tail[..1]);
@@ -96,7 +130,7 @@ mod indexmap_like {
 
 #[cfg(test)]
 mod tests {
-    use super::Vars;
+    use super::{InterpolateError, MAX_EXPANDED_BYTES, Vars};
 
     fn vars() -> Vars {
         let mut v = Vars::default();
@@ -119,7 +153,29 @@ mod tests {
 
     #[test]
     fn reports_the_unknown_name() {
-        assert_eq!(vars().interpolate("{tool}/x").unwrap_err(), "tool");
+        assert_eq!(
+            vars().interpolate("{tool}/x").unwrap_err(),
+            InterpolateError::Unknown("tool".into())
+        );
+    }
+
+    #[test]
+    fn doubling_variables_stop_at_the_budget() {
+        let mut v = Vars::default();
+        v.insert("a".into(), "x".repeat(1 << 20));
+        let mut failed = false;
+        for _ in 0..64 {
+            match v.interpolate("{a}{a}") {
+                Ok(value) => v.insert("a".into(), value),
+                Err(e) => {
+                    assert_eq!(e, InterpolateError::TooLarge);
+                    failed = true;
+                    break;
+                }
+            }
+        }
+        assert!(failed, "the budget was never reached");
+        assert!(v.get("a").unwrap().len() <= MAX_EXPANDED_BYTES);
     }
 
     #[test]

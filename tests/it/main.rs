@@ -5,6 +5,7 @@ mod support;
 
 mod benchmark_kind;
 mod comfyui_client;
+mod cli_hints;
 mod custom_node_kind;
 mod diagnostics;
 mod download_layer;
@@ -17,4 +18,5 @@ mod platform;
 mod python_layer;
 mod repo_kind;
 mod service_kind;
+mod spec_fuzz;
 mod venv_kind;
