@@ -8,6 +8,7 @@ mod diagnostics;
 mod download_layer;
 mod engine_cli;
 mod git_layer;
+mod interrupts;
 mod model_kind;
 mod plans_and_state;
 mod python_layer;
