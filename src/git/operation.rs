@@ -52,7 +52,8 @@ pub struct Operation {
     pub kept: Vec<String>,
 }
 
-/// Removes the record (and the copies of kept files) when dropped.
+/// Removes the record (and the copies of kept files) when dropped, unless
+/// plasma is terminating its children (a second Ctrl-C).
 pub(crate) struct Recorded {
     record: PathBuf,
     kept: PathBuf,
@@ -60,6 +61,10 @@ pub(crate) struct Recorded {
 
 impl Drop for Recorded {
     fn drop(&mut self) {
+        // Stopped by a second Ctrl-C: the operation is unfinished, the next run finishes it.
+        if crate::child::terminating() {
+            return;
+        }
         let _ = fs::remove_file(&self.record);
         let _ = fs::remove_dir_all(&self.kept);
     }
