@@ -11,6 +11,14 @@
 //!   [`Git::resolve_fetching`], [`Git::fetch`], [`Git::checkout`],
 //!   [`Git::submodules_update`], [`Git::reset_hard_and_clean`],
 //!   [`Git::set_remote_url`].
+//! - Safety: what a move would lose ([`Git::local_changes_all`],
+//!   [`Git::commits_off_branches`], [`Git::dropped_submodules`],
+//!   [`Git::at_risk_in_folder`]), and the record of an operation in progress
+//!   that lets the next run finish one a killed plasma left
+//!   ([`Operation`], [`Git::finish_interrupted`], [`orphaned_temp_clones`]).
+//! - Every git runs through [`crate::child`] (its own process group,
+//!   registered), and credentials in an http(s) URL reach it through its
+//!   environment ([`Git::with_url_credentials`]), never its argv or `.git/config`.
 //!
 //! `url` may be https, ssh (including `git@host:org/repo`), `file://` or a local
 //! path; a local path should be absolute, as git resolves it against the current

@@ -1183,6 +1183,19 @@ mod tests {
     }
 
     #[test]
+    fn relative_local_urls_become_absolute_without_dot_dot() {
+        assert_eq!(
+            local_repository_path(std::path::Path::new("/srv/specs/../mirrors/./ComfyUI")),
+            "/srv/mirrors/ComfyUI"
+        );
+        assert!(same_repository("/srv/a/../m/x", "/srv/m/x.git"));
+        assert!(same_repository(
+            "https://u:t@example.com/x.git",
+            "https://example.com/x"
+        ));
+    }
+
+    #[test]
     fn only_paths_and_file_urls_are_local() {
         assert!(is_local_url("file:///srv/git/x.git"));
         assert!(is_local_url("/srv/git/x"));
