@@ -343,7 +343,7 @@ impl Checkout {
     /// repositories on this machine, while a remote one could otherwise make git
     /// copy local repositories into its checkout (CVE-2022-39253).
     /// Credentials in the URL go to git through its environment (see
-    /// [`Git::with_url_credentials`]); [`Checkout::git_url`] is the URL to give it.
+    /// [`Git::with_url_credentials`]); `Checkout::git_url` is the URL to give it.
     pub fn git(&self) -> Git {
         Git::new()
             .allow_local_submodules(is_local_url(self.url.expose()))
