@@ -287,7 +287,9 @@ fn sigkill_of_plasmas_process_group_at_random_points_never_wedges_a_clone_or_los
         }
         let _ = child.wait();
 
-        let next = sb.run(&["apply", "--yes"]);
+        // A child forked by the killed plasma holds its lock until it execs
+        // (microseconds, longer on a loaded machine): wait for the lock.
+        let next = sb.run(&["apply", "--yes", "--lock-timeout", "10s"]);
         assert_eq!(
             next.code, 0,
             "round {round} (killed after {delay:?}): the next apply did not converge\n{}\n{}",
