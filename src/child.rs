@@ -33,6 +33,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::process::Output;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
@@ -289,9 +290,20 @@ fn terminate_groups(groups: &[u32], grace: Duration) -> usize {
     live.len()
 }
 
+/// Set once [`terminate_all`] has begun: plasma is stopping its children, so a
+/// child that fails from now on was stopped, not failed.
+static TERMINATING: AtomicBool = AtomicBool::new(false);
+
+/// Whether [`terminate_all`] has begun. Code that records an operation in
+/// progress keeps its record then, for the next run to finish.
+pub fn terminating() -> bool {
+    TERMINATING.load(Ordering::SeqCst)
+}
+
 /// Terminates every registered child's process group: SIGTERM, then SIGKILL
 /// after `grace`. What the second Ctrl-C does before plasma exits.
 pub fn terminate_all(grace: Duration) {
+    TERMINATING.store(true, Ordering::SeqCst);
     let groups: Vec<u32> = registry().running.values().map(|e| e.group.pid).collect();
     terminate_groups(&groups, grace);
 }

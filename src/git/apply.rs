@@ -10,6 +10,7 @@ use super::Git;
 use super::command::{Finished, failed};
 use super::error::GitError;
 use super::observe::{GitDirs, RepoObservation};
+use super::operation::temp_clone_name;
 use super::redact::redact_url;
 use super::resolve::{Resolved, validate_rev};
 
@@ -96,13 +97,15 @@ impl Git {
             .file_name()
             .map_or("repo".into(), |n| n.to_string_lossy().into_owned());
         let temp = TempClone {
-            path: parent.join(format!(
-                ".{name}.plasma-clone-{}-{}.disabled",
-                std::process::id(),
-                CLONE_COUNTER.fetch_add(1, Ordering::Relaxed)
+            path: parent.join(temp_clone_name(
+                &name,
+                CLONE_COUNTER.fetch_add(1, Ordering::Relaxed),
             )),
             keep: false,
         };
+        // Made here, so that a folder plasma cannot write is reported as that,
+        // not as an unreachable remote.
+        fs::create_dir(&temp.path).map_err(|e| GitError::io("create", &temp.path, e))?;
 
         let mut args: Vec<String> = vec!["clone".into(), "--quiet".into(), "--no-checkout".into()];
         if let Some(depth) = request.depth {
@@ -117,7 +120,7 @@ impl Git {
         let out = self.run_raw(None, &args)?;
         if !out.success {
             return Err(GitError::Unreachable {
-                url: redact_url(url),
+                url: self.shown_url(url),
                 reason: out.stderr,
             });
         }
@@ -125,7 +128,7 @@ impl Git {
         let resolved = self.resolve_fetching(&temp.path, &request.rev, request.depth, false)?;
         self.checkout(&temp.path, &resolved.commit, true)?;
         if request.submodules {
-            self.submodules_update(&temp.path)?;
+            self.submodules_update(&temp.path, true)?;
         }
         // rename(2) replaces an empty directory, and is atomic on one file system.
         fs::rename(&temp.path, path).map_err(|e| GitError::io("move the new clone to", path, e))?;
@@ -245,24 +248,20 @@ impl Git {
 
     /// Initialises, syncs URLs of, and checks out every submodule recursively at
     /// the commit its superproject records (`git submodule sync --recursive`, then
-    /// `git submodule update --init --recursive`).
-    pub fn submodules_update(&self, path: &Path) -> Result<(), GitError> {
+    /// `git submodule update --init --recursive`). Without `force`, local changes
+    /// inside submodules are carried over (or the update fails, naming them), and
+    /// a submodule already at its commit is not touched; `force` discards them.
+    pub fn submodules_update(&self, path: &Path, force: bool) -> Result<(), GitError> {
         self.require_work_tree(path)?;
         if !path.join(".gitmodules").exists() {
             return Ok(());
         }
         self.run(Some(path), &["submodule", "--quiet", "sync", "--recursive"])?;
-        let out = self.run_raw(
-            Some(path),
-            &[
-                "submodule",
-                "--quiet",
-                "update",
-                "--init",
-                "--recursive",
-                "--force",
-            ],
-        )?;
+        let mut args = vec!["submodule", "--quiet", "update", "--init", "--recursive"];
+        if force {
+            args.push("--force");
+        }
+        let out = self.run_raw(Some(path), &args)?;
         if out.success {
             Ok(())
         } else if out.stderr.contains("Clone of '") || out.stderr.contains("fatal: repository") {
@@ -297,20 +296,20 @@ impl Git {
     }
 
     /// After a checkout to a commit that no longer has some submodules, removes
-    /// their leftover working trees (git leaves them behind as untracked folders).
-    /// Only folders whose `.git` is a file pointing into the superproject's
-    /// `.git/modules` are removed, and `keep` lists paths to leave alone (ones
-    /// with local edits the user keeps); the module repositories themselves stay
-    /// in `.git/modules`, so nothing is lost. Returns the removed paths.
+    /// their leftover working trees (git leaves them behind as untracked folders),
+    /// but only those that hold nothing of the user's: a folder whose `.git` is a
+    /// file pointing into the superproject's `.git/modules` (so the module
+    /// repository, with all its commits, stays), with no local change and no
+    /// untracked or ignored file ([`Git::at_risk_in_folder`]). Returns the removed
+    /// paths and the kept ones with what they hold.
     pub fn remove_dropped_submodules(
         &self,
         path: &Path,
         before: &[super::SubmoduleObservation],
-        keep: &[String],
-    ) -> Result<Vec<String>, GitError> {
+    ) -> Result<(Vec<String>, Vec<String>), GitError> {
         let now = match self.observe(path)? {
             RepoObservation::Repository(tree) => tree.submodules,
-            _ => return Ok(Vec::new()),
+            _ => return Ok((Vec::new(), Vec::new())),
         };
         // Nested submodules go with their parent's folder.
         let top_level = before.iter().filter(|s| {
@@ -318,19 +317,25 @@ impl Git {
                 .iter()
                 .any(|p| s.path.starts_with(&format!("{}/", p.path)))
         });
-        let mut removed = Vec::new();
+        let (mut removed, mut kept) = (Vec::new(), Vec::new());
         for sub in top_level {
-            if now.iter().any(|n| n.path == sub.path) || keep.contains(&sub.path) {
+            if now.iter().any(|n| n.path == sub.path) {
                 continue;
             }
             let dir = path.join(&sub.path);
             let gitfile = fs::symlink_metadata(dir.join(".git")).is_ok_and(|m| m.is_file());
-            if gitfile {
+            if !gitfile {
+                continue;
+            }
+            let held = self.at_risk_in_folder(&dir)?;
+            if held.is_empty() {
                 fs::remove_dir_all(&dir).map_err(|e| GitError::io("remove", &dir, e))?;
                 removed.push(sub.path.clone());
+            } else {
+                kept.push(format!("{} ({})", sub.path, held.join(", ")));
             }
         }
-        Ok(removed)
+        Ok((removed, kept))
     }
 
     /// What [`Git::reset_hard_and_clean`] would delete, without deleting anything:

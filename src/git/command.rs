@@ -64,6 +64,9 @@ impl Git {
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
+        if let Some(credentials) = &self.credentials {
+            command.envs(credentials.env());
+        }
         if let Some(dir) = dir {
             command.arg("-C").arg(dir);
         }

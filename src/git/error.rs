@@ -41,6 +41,20 @@ pub enum GitError {
         nearest: Vec<String>,
     },
 
+    /// The revision names both a tag and a branch of origin, at different commits.
+    #[error(
+        "revision \"{rev}\" is both a tag (at {tag}) and a branch of origin (at {branch}), \
+         so it is ambiguous\nSet `rev` to the commit you mean ({tag} or {branch}), or rename \
+         the tag or the branch upstream"
+    )]
+    AmbiguousRev {
+        rev: String,
+        /// The tag's commit, abbreviated.
+        tag: String,
+        /// The branch's commit, abbreviated.
+        branch: String,
+    },
+
     /// The revision text could be read by git as an expression or an option.
     #[error(
         "\"{rev}\" is not a usable revision: give a tag, a branch name or a commit hash \

@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 use super::Git;
 use super::config_file::ConfigFile;
 use super::error::GitError;
+use super::operation::{Operation, index_lock, read_record, unfinished_in};
 use super::redact::redact_url;
 
 /// How many changed paths an observation lists; the rest are only counted.
@@ -47,6 +48,23 @@ pub struct WorkTree {
     pub shallow: bool,
     /// Every submodule, nested ones included (parents before children).
     pub submodules: Vec<SubmoduleObservation>,
+    /// Folders of submodules the checked-out commit no longer has, which a move
+    /// left in place because they hold the user's files: kept, and not counted
+    /// as local changes.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub leftover_submodules: Vec<String>,
+    /// A git operation the user started and did not finish, and where
+    /// (`a rebase in sd-scripts`): plasma never moves such a clone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unfinished: Option<String>,
+    /// `index.lock` files of the clone and its submodules: a git is running,
+    /// or one died.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub index_locks: Vec<PathBuf>,
+    /// The operation a plasma run recorded here and has not ended: one running
+    /// now, or one that was killed (see [`Operation`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub operation: Option<Box<Operation>>,
 }
 
 /// Local changes: the first [`MAX_LISTED_CHANGES`] and how many there are.
@@ -215,6 +233,11 @@ impl WorkTree {
                 changes: self.changes.summary(),
             })
         }
+    }
+
+    /// The operation a plasma run that no longer runs left unfinished here.
+    pub fn interrupted(&self) -> Option<&Operation> {
+        self.operation.as_deref().filter(|o| !o.by.is_running())
     }
 
     /// True when HEAD is `commit` and every submodule is at its recorded commit.
@@ -419,10 +442,26 @@ impl Git {
         // Git fetches from the first URL when a remote has several.
         let origin = config.origin_url().map(RemoteUrl::new);
         let shallow = dirs.common_dir.join("shallow").exists();
-        let changes = self.local_changes(path)?;
+        let (all_changes, leftover_submodules) = self.local_changes_all(path)?;
+        let changes = LocalChanges {
+            total: all_changes.len(),
+            listed: all_changes.into_iter().take(MAX_LISTED_CHANGES).collect(),
+        };
         let mut submodules = Vec::new();
         if let Some(head) = &head {
             self.observe_submodules(path, "", &config, head, &mut submodules)?;
+        }
+        // The clone's own git directory, then each checked-out submodule's.
+        let mut unfinished = unfinished_in(&dirs.git_dir).map(str::to_string);
+        let mut index_locks: Vec<PathBuf> = index_lock(&dirs.git_dir).into_iter().collect();
+        for sub in &submodules {
+            if let Ok(Some(sub_dirs)) = GitDirs::locate(&path.join(&sub.path)) {
+                if unfinished.is_none() {
+                    unfinished = unfinished_in(&sub_dirs.git_dir)
+                        .map(|what| format!("{what} in {}", sub.path));
+                }
+                index_locks.extend(index_lock(&sub_dirs.git_dir));
+            }
         }
         Ok(RepoObservation::Repository(WorkTree {
             head,
@@ -431,6 +470,10 @@ impl Git {
             changes,
             shallow,
             submodules,
+            leftover_submodules,
+            unfinished,
+            index_locks,
+            operation: read_record(&dirs).map(Box::new),
         }))
     }
 
@@ -461,10 +504,62 @@ impl Git {
         }
     }
 
+    /// Every local change of the clone at `path`, file by file, submodules'
+    /// contents included (`sd-scripts/train.py`), plus the folders of dropped
+    /// submodules a move left behind (not local changes: see
+    /// [`WorkTree::leftover_submodules`]). One `git status` per repository with
+    /// changes inside.
+    pub fn local_changes_all(
+        &self,
+        path: &Path,
+    ) -> Result<(Vec<ChangedPath>, Vec<String>), GitError> {
+        let mut changes = Vec::new();
+        let mut leftovers = Vec::new();
+        self.collect_changes(path, "", &mut changes, &mut leftovers)?;
+        Ok((changes, leftovers))
+    }
+
+    fn collect_changes(
+        &self,
+        top: &Path,
+        prefix: &str,
+        changes: &mut Vec<ChangedPath>,
+        leftovers: &mut Vec<String>,
+    ) -> Result<(), GitError> {
+        for change in self.local_changes(&top.join(prefix))? {
+            let full = format!("{prefix}{}", change.path);
+            let inner = format!("{full}/");
+            match change.change {
+                ChangeKind::SubmoduleContent => {
+                    let before = changes.len();
+                    self.collect_changes(top, &inner, changes, leftovers)?;
+                    if changes.len() == before {
+                        changes.push(ChangedPath {
+                            path: full,
+                            change: ChangeKind::SubmoduleContent,
+                        });
+                    }
+                }
+                ChangeKind::Untracked
+                    if full.ends_with('/')
+                        && fs::symlink_metadata(top.join(&full).join(".git"))
+                            .is_ok_and(|m| m.is_file()) =>
+                {
+                    leftovers.push(full.trim_end_matches('/').to_string());
+                }
+                _ => changes.push(ChangedPath {
+                    path: full,
+                    change: change.change,
+                }),
+            }
+        }
+        Ok(())
+    }
+
     /// Local changes from `git status --porcelain=v2`, which (unlike v1) says whether a
     /// submodule differs only by commit (not a local change: the submodule state
     /// reports it) or has edits inside.
-    fn local_changes(&self, path: &Path) -> Result<LocalChanges, GitError> {
+    fn local_changes(&self, path: &Path) -> Result<Vec<ChangedPath>, GitError> {
         let out = self.run(
             Some(path),
             &[
@@ -476,11 +571,7 @@ impl Git {
                 "--untracked-files=normal",
             ],
         )?;
-        let all = parse_status_v2(&out.stdout);
-        Ok(LocalChanges {
-            total: all.len(),
-            listed: all.into_iter().take(MAX_LISTED_CHANGES).collect(),
-        })
+        Ok(parse_status_v2(&out.stdout))
     }
 
     /// Appends the submodules of the repository at `repo_dir` (whose paths are
@@ -570,7 +661,7 @@ impl Git {
     }
 
     /// The gitlinks (path, commit) that `commit`'s tree records at `paths`.
-    fn recorded_gitlinks<'a>(
+    pub(crate) fn recorded_gitlinks<'a>(
         &self,
         repo_dir: &Path,
         commit: &'a str,

@@ -78,6 +78,7 @@ impl Git {
             refs.iter()
                 .find(|r| r.name.strip_prefix(prefix) == Some(rev))
         };
+        let mut named: Vec<Resolved> = Vec::new();
         for (prefix, kind) in [
             ("refs/tags/", RevKind::Tag),
             ("refs/remotes/origin/", RevKind::Branch),
@@ -89,13 +90,25 @@ impl Git {
                     None => self.commit_of(path, &found.name)?,
                 };
                 if let Some(commit) = commit {
-                    return Ok(Resolved {
+                    named.push(Resolved {
                         rev: rev.to_string(),
                         kind,
                         commit,
                     });
                 }
             }
+        }
+        if let [tag, branch] = &named[..]
+            && tag.commit != branch.commit
+        {
+            return Err(GitError::AmbiguousRev {
+                rev: rev.to_string(),
+                tag: tag.commit[..7].to_string(),
+                branch: branch.commit[..7].to_string(),
+            });
+        }
+        if let Some(first) = named.into_iter().next() {
+            return Ok(first);
         }
         if looks_like_commit(rev)
             && let Some(commit) = self.commit_of(path, rev)?
@@ -153,7 +166,7 @@ impl Git {
         let out = self.run_raw(None, &["ls-remote", "--heads", "--tags", url])?;
         if !out.success {
             return Err(GitError::Unreachable {
-                url: redact_url(url),
+                url: self.shown_url(url),
                 reason: out.stderr,
             });
         }
@@ -165,10 +178,20 @@ impl Git {
         let find = |name: &str| refs.iter().find(|(_, r)| *r == name).map(|(c, _)| *c);
         let tag = format!("refs/tags/{rev}");
         // An annotated tag is listed twice; the `^{}` line is the commit it names.
-        let found = find(&format!("{tag}^{{}}"))
-            .or_else(|| find(&tag))
+        let as_tag = find(&format!("{tag}^{{}}")).or_else(|| find(&tag));
+        let as_branch = find(&format!("refs/heads/{rev}"));
+        if let (Some(tag), Some(branch)) = (as_tag, as_branch)
+            && tag != branch
+        {
+            return Err(GitError::AmbiguousRev {
+                rev: rev.to_string(),
+                tag: tag[..tag.len().min(7)].to_string(),
+                branch: branch[..branch.len().min(7)].to_string(),
+            });
+        }
+        let found = as_tag
             .map(|c| (RevKind::Tag, c))
-            .or_else(|| find(&format!("refs/heads/{rev}")).map(|c| (RevKind::Branch, c)));
+            .or_else(|| as_branch.map(|c| (RevKind::Branch, c)));
         if let Some((kind, commit)) = found {
             return Ok(Some(Resolved {
                 rev: rev.to_string(),
@@ -186,7 +209,7 @@ impl Git {
             .collect();
         Err(GitError::RevNotFound {
             rev: rev.to_string(),
-            url: redact_url(url),
+            url: self.shown_url(url),
             nearest: nearest_names(rev, &tags, NEAREST_TAGS_SHOWN),
         })
     }

@@ -24,8 +24,8 @@ use serde_json::{Value, json};
 use super::{ApplyContext, Kind, ObserveContext, Outputs, ResourceError};
 use crate::diagnostic::Problem;
 use crate::git::{
-    CloneRequest, Git, GitError, RemoteUrl, RepoObservation, RevKind, SubmoduleState, WorkTree,
-    redact_url, validate_rev,
+    CloneRequest, Git, GitError, Operation, RemoteUrl, RepoObservation, RevKind, SubmoduleState,
+    WorkTree, orphaned_temp_clones, redact_url, validate_rev,
 };
 use crate::lint::{self, Lint, LintContext};
 use crate::plan::{Action, Diff};
@@ -117,6 +117,19 @@ pub struct CheckoutObserved {
     /// The rev the last apply checked out, when HEAD is still there (for the plan).
     #[serde(skip)]
     pub head_rev: Option<String>,
+    /// Temporary clone folders that a killed plasma left beside `path`; apply
+    /// removes them.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub orphans: Vec<PathBuf>,
+    /// Commits that moving the clone would leave on no branch, tag or remote
+    /// branch (`1a2b3c4 subject`, `sd-scripts: 5d6e7f8 subject`): made on a
+    /// detached HEAD, in the clone or a submodule.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub lost_commits: Vec<String>,
+    /// Folders of submodules the target no longer has that hold the user's
+    /// files, with what they hold: kept, never deleted.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub kept_folders: Vec<String>,
 }
 
 /// What the last apply recorded, as observation needs it.
@@ -147,14 +160,49 @@ fn is_local_url(url: &str) -> bool {
     url.starts_with("file://") || url.starts_with('/')
 }
 
+/// A local repository path as git needs it whatever its working folder:
+/// absolute (against the current folder when the spec's own path was
+/// relative) and without `.` or `..` (git stores a clone's origin as given, so
+/// `a/../mirrors/x` would never compare equal to `mirrors/x`).
+fn local_repository_path(path: &std::path::Path) -> String {
+    use std::path::Component;
+    let absolute = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+    let mut normal = PathBuf::new();
+    for part in absolute.components() {
+        match part {
+            Component::ParentDir => {
+                normal.pop();
+            }
+            Component::CurDir => {}
+            other => normal.push(other),
+        }
+    }
+    normal.display().to_string()
+}
+
 /// Whether two URLs name the same repository: equal once a trailing `/` and
-/// `.git` are ignored (`…/ComfyUI` and `…/ComfyUI.git` are one project).
+/// `.git` are ignored (`…/ComfyUI` and `…/ComfyUI.git` are one project), and
+/// local paths once `.` and `..` are resolved.
 fn same_repository(a: &str, b: &str) -> bool {
     let norm = |u: &str| {
+        let u = crate::git::without_credentials(u);
         let u = u.trim_end_matches('/');
-        u.strip_suffix(".git").unwrap_or(u).to_string()
+        let u = u.strip_suffix(".git").unwrap_or(u);
+        if u.starts_with('/') {
+            local_repository_path(std::path::Path::new(u))
+        } else {
+            u.to_string()
+        }
     };
     norm(a) == norm(b)
+}
+
+/// The commit HEAD was at when observed, if the last apply recorded it there.
+fn head_commit_recorded(observed: &CheckoutObserved) -> Option<String> {
+    match &observed.found {
+        RepoObservation::Repository(tree) if observed.head_rev.is_some() => tree.head.clone(),
+        _ => None,
+    }
 }
 
 fn short(commit: &str) -> &str {
@@ -178,6 +226,30 @@ pub fn git_error(e: GitError) -> ResourceError {
         error = error.help(help);
     }
     error
+}
+
+/// Adds the removal of temporary folders a killed clone left to `diff`.
+fn with_orphans(mut diff: Diff, observed: &CheckoutObserved) -> Diff {
+    if observed.orphans.is_empty() {
+        return diff;
+    }
+    let why = format!(
+        "remove {} temporary folder(s) an interrupted clone left",
+        observed.orphans.len()
+    );
+    diff.reason = if diff.reason.is_empty() {
+        why
+    } else {
+        format!("{}, {why}", diff.reason)
+    };
+    for orphan in &observed.orphans {
+        diff = diff.attribute(
+            "interrupted clone",
+            Some(orphan.display().to_string()),
+            None,
+        );
+    }
+    diff
 }
 
 fn submodule_state_text(state: &SubmoduleState) -> String {
@@ -218,7 +290,7 @@ impl Checkout {
             let local =
                 !u.value.contains("://") && (u.value.starts_with('.') || u.value.starts_with('~'));
             let value = if local {
-                r.cx.resolve_path(&u.value).display().to_string()
+                local_repository_path(&r.cx.resolve_path(&u.value))
             } else {
                 u.value
             };
@@ -270,8 +342,18 @@ impl Checkout {
     /// only when the repository itself is local: the user already trusts
     /// repositories on this machine, while a remote one could otherwise make git
     /// copy local repositories into its checkout (CVE-2022-39253).
+    /// Credentials in the URL go to git through its environment (see
+    /// [`Git::with_url_credentials`]); `Checkout::git_url` is the URL to give it.
     pub fn git(&self) -> Git {
-        Git::new().allow_local_submodules(is_local_url(self.url.expose()))
+        Git::new()
+            .allow_local_submodules(is_local_url(self.url.expose()))
+            .with_url_credentials(self.url.expose())
+            .0
+    }
+
+    /// The URL git is given and stores as origin: without credentials.
+    fn git_url(&self) -> String {
+        crate::git::without_credentials(self.url.expose())
     }
 
     pub fn desired(&self) -> Value {
@@ -304,7 +386,7 @@ impl Checkout {
         recorded: &Recorded,
         refresh: bool,
     ) -> Result<CheckoutObserved, ResourceError> {
-        let url = self.url.expose();
+        let url = &self.git_url();
         let rev = &self.rev.value;
         let not_fetched = || Target {
             rev: rev.clone(),
@@ -326,6 +408,9 @@ impl Checkout {
                     url_changes: false,
                     reset_deletes: Vec::new(),
                     head_rev: None,
+                    orphans: orphaned_temp_clones(&self.path),
+                    lost_commits: Vec::new(),
+                    kept_folders: Vec::new(),
                 });
             }
             RepoObservation::NotARepository { .. } => {
@@ -333,10 +418,16 @@ impl Checkout {
             }
             RepoObservation::Repository(tree) => tree,
         };
+        self.require_movable(tree)?;
         let url_changes = !tree
             .origin
             .as_ref()
-            .is_some_and(|o| same_repository(o.expose(), url));
+            .is_some_and(|o| same_repository(o.expose(), url))
+            // A clone made with credentials in its origin: they are moved out of .git/config.
+            || tree
+                .origin
+                .as_ref()
+                .is_some_and(|o| crate::git::without_credentials(o.expose()) != o.expose());
         // What the last apply recorded is about this spec's url and rev.
         let same_pin = recorded.rev.as_deref() == Some(rev.as_str())
             && recorded
@@ -380,14 +471,18 @@ impl Checkout {
             }
         }
 
-        let dirty = tree.changes.total > 0;
-        if dirty && self.on_dirty == OnDirty::Fail {
-            return Err(git_error(tree.require_clean(&self.path).unwrap_err()));
-        }
+        let dirty = tree.changes.total > 0 && tree.interrupted().is_none();
         let reset_deletes = if dirty && self.on_dirty == OnDirty::Reset {
             git.clean_preview(&self.path).map_err(git_error)?
         } else {
             Vec::new()
+        };
+        let (lost_commits, kept_folders) = match tree.interrupted() {
+            // plasma's own half-done work: nothing of the user's moves until it is finished.
+            Some(_) => (Vec::new(), Vec::new()),
+            None => self
+                .what_a_move_loses(git, tree, &target, recorded)
+                .map_err(git_error)?,
         };
         let head_rev = match (&tree.head, &recorded.commit) {
             (Some(head), Some(commit)) if head == commit => recorded.rev.clone(),
@@ -400,14 +495,109 @@ impl Checkout {
             url_changes,
             reset_deletes,
             head_rev,
+            orphans: orphaned_temp_clones(&self.path),
+            lost_commits,
+            kept_folders,
         })
+    }
+
+    /// Refuses a clone that is in the middle of a git operation plasma did not
+    /// start, or of one a running plasma is doing: only an operation of a plasma
+    /// that no longer runs is plasma's to finish.
+    fn require_movable(&self, tree: &WorkTree) -> Result<(), ResourceError> {
+        let path = self.path.display();
+        if let Some(what) = &tree.unfinished {
+            return Err(ResourceError::new(format!(
+                "{path} is in the middle of {what} that plasma did not start"
+            ))
+            .help(
+                "finish it (e.g. `git rebase --continue`) or abort it (`git rebase --abort`), \
+                 then plan again; plasma never moves a clone under a git operation of yours",
+            ));
+        }
+        if let Some(operation) = &tree.operation
+            && operation.by.is_running()
+        {
+            return Err(ResourceError::new(format!(
+                "plasma (pid {}) is changing {path} right now ({})",
+                operation.by.pid, operation.what
+            ))
+            .help("wait for that apply to finish, then plan again"));
+        }
+        if tree.interrupted().is_none()
+            && let Some(lock) = tree.index_locks.first()
+        {
+            return Err(ResourceError::new(format!(
+                "{} exists: a git is running in this clone, or one that plasma did not start \
+                 stopped half-way",
+                lock.display()
+            ))
+            .help(
+                "wait for that git to finish; if no git is running, delete the lock file \
+                 and check the clone with `git status`",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Commits a move to `target` would leave on no branch (in the clone and in
+    /// each submodule a submodule update would move), and the folders of
+    /// dropped submodules that hold the user's files. Asks git only when
+    /// something moves, so a converged plan spawns nothing for it.
+    fn what_a_move_loses(
+        &self,
+        git: &Git,
+        tree: &WorkTree,
+        target: &Target,
+        recorded: &Recorded,
+    ) -> Result<(Vec<String>, Vec<String>), GitError> {
+        let mut lost = Vec::new();
+        let mut kept = Vec::new();
+        let moves = tree.head.is_none() || target.commit != tree.head;
+        if moves && tree.head.is_some() {
+            let also: Vec<&str> = [target.commit.as_deref(), recorded.commit.as_deref()]
+                .into_iter()
+                .flatten()
+                .collect();
+            lost.extend(git.commits_off_branches(&self.path, &also)?);
+            // A commit known only upstream (`--refresh`) is looked at after apply fetches it.
+            if self.submodules
+                && let Some(commit) = &target.commit
+                && git.commit_of(&self.path, commit)?.is_some()
+            {
+                for sub in git.dropped_submodules(&self.path, &tree.submodules, commit)? {
+                    let dir = self.path.join(&sub);
+                    if crate::git::has_own_git(&dir) {
+                        let held = git.at_risk_in_folder(&dir)?;
+                        if !held.is_empty() {
+                            kept.push(format!("{sub} (holds {})", held.join(", ")));
+                        }
+                    }
+                }
+            }
+        }
+        if self.submodules {
+            for sub in &tree.submodules {
+                if let SubmoduleState::WrongCommit {
+                    expected,
+                    actual: Some(_),
+                } = &sub.state
+                {
+                    let dir = self.path.join(&sub.path);
+                    for commit in git.commits_off_branches(&dir, &[expected.as_str()])? {
+                        lost.push(format!("{}: {commit}", sub.path));
+                    }
+                }
+            }
+        }
+        Ok((lost, kept))
     }
 
     /// What `rev` names on the remote (one `git ls-remote`, for `--refresh`);
     /// `None` for a commit hash, which only a fetch can find.
     fn upstream_target(&self, git: &Git) -> Result<Option<Target>, ResourceError> {
         let resolved = git
-            .resolve_remote(self.url.expose(), &self.rev.value)
+            .resolve_remote(&self.git_url(), &self.rev.value)
             .map_err(git_error)?;
         Ok(Some(match resolved {
             Some(r) => Target {
@@ -501,7 +691,7 @@ impl Checkout {
                     diff =
                         diff.attribute("submodules", None, Some("initialised recursively".into()));
                 }
-                return diff;
+                return with_orphans(diff, observed);
             }
             RepoObservation::Repository(tree) => tree,
             // Observation reports this as an error; a plan never holds it.
@@ -538,13 +728,39 @@ impl Checkout {
             });
             diff = diff.attribute("rev", Some(old), Some(target_text(&observed.target)));
         }
-        if tree.changes.total > 0 {
+        let path = self.path.display();
+        if let Some(operation) = tree.interrupted() {
+            reasons.push(format!(
+                "an interrupted apply left the clone half-way through {}",
+                operation.what
+            ));
+            diff = diff.attribute(
+                "repair",
+                Some(format!("{} interrupted", operation.what)),
+                Some(
+                    "finished by apply (the lock files and half checkout are plasma's own)".into(),
+                ),
+            );
+        } else if tree.changes.total > 0 {
             match self.on_dirty {
+                OnDirty::Fail => {
+                    reasons.push(format!("local changes: {}", tree.changes.summary()));
+                    for change in &tree.changes.listed {
+                        diff = diff.attribute(
+                            &format!("local change {} {}", change.change.code(), change.path),
+                            None,
+                            None,
+                        );
+                    }
+                    diff.warnings.push(format!(
+                        "apply refuses to touch {path} while it has local changes (on-dirty \
+                         \"fail\"): commit or stash them, or set on-dirty \"keep\" or \"reset\""
+                    ));
+                }
                 OnDirty::Reset => {
                     reasons.push("local changes will be discarded".into());
                     diff.warnings.push(format!(
-                        "on-dirty \"reset\" discards local changes in {}: {}",
-                        self.path.display(),
+                        "on-dirty \"reset\" discards local changes in {path}: {}",
                         tree.changes.summary()
                     ));
                     if !observed.reset_deletes.is_empty() {
@@ -558,8 +774,32 @@ impl Checkout {
                     "local changes are kept ({}); the checkout fails if they conflict",
                     tree.changes.summary()
                 )),
-                _ => {}
+                OnDirty::Keep => {}
             }
+        }
+        if !observed.lost_commits.is_empty() {
+            let commits = observed.lost_commits.join("; ");
+            match self.on_dirty {
+                OnDirty::Reset => diff.warnings.push(format!(
+                    "on-dirty \"reset\" leaves these commits on no branch (reachable only from \
+                     the reflog): {commits}"
+                )),
+                _ => {
+                    reasons.push("commits on no branch would be left behind".into());
+                    diff.warnings.push(format!(
+                        "apply refuses to move {path}: these commits are on no branch and would \
+                         be left behind: {commits}; keep them with `git branch NAME COMMIT` \
+                         (in the submodule for `sub: …`), or set on-dirty \"reset\""
+                    ));
+                }
+            }
+        }
+        if !observed.kept_folders.is_empty() {
+            diff.warnings.push(format!(
+                "{rev} no longer has these submodules; their folders are kept, not deleted, \
+                 because they hold files git does not have: {}",
+                observed.kept_folders.join("; ")
+            ));
         }
         if self.submodules {
             if moves {
@@ -582,11 +822,11 @@ impl Checkout {
                 }
             }
         }
-        if reasons.is_empty() {
+        if reasons.is_empty() && observed.orphans.is_empty() {
             return Diff::no_op();
         }
         diff.reason = reasons.join(", ");
-        diff
+        with_orphans(diff, observed)
     }
 
     /// Makes the clone match: clone, or point origin, reset, fetch, check out,
@@ -624,10 +864,21 @@ impl Checkout {
         observed: &CheckoutObserved,
         log: &LogFile,
     ) -> Result<(), ResourceError> {
-        let url = self.url.expose();
+        let url = &self.git_url();
         let rev = &self.rev.value;
         let path = &self.path;
-        let tree = match &observed.found {
+        // Observed again here: the plan may be old, and nothing of the user's
+        // may be lost to a stale picture.
+        for orphan in orphaned_temp_clones(path) {
+            log.line(&format!(
+                "removing {}, left by an interrupted clone",
+                orphan.display()
+            ));
+            std::fs::remove_dir_all(&orphan)
+                .map_err(|e| ResourceError::io("cannot remove", &orphan, e))?;
+        }
+        let found = git.observe(path).map_err(git_error)?;
+        let mut tree = match &found {
             RepoObservation::Absent | RepoObservation::EmptyDirectory => {
                 log.line(&format!(
                     "git clone {} at {rev} into {}",
@@ -644,12 +895,27 @@ impl Checkout {
                 return Ok(());
             }
             RepoObservation::NotARepository { .. } => {
-                return Err(git_error(
-                    observed.found.require_repository(path).unwrap_err(),
-                ));
+                return Err(git_error(found.require_repository(path).unwrap_err()));
             }
-            RepoObservation::Repository(tree) => tree,
+            RepoObservation::Repository(tree) => tree.clone(),
         };
+        self.require_movable(&tree)?;
+        if let Some(operation) = tree.interrupted() {
+            log.line(&format!(
+                "finishing {}, which an interrupted apply (pid {}) left half done",
+                operation.what, operation.by.pid
+            ));
+            for step in git.finish_interrupted(path, operation).map_err(git_error)? {
+                log.line(&step);
+            }
+            tree = git
+                .observe(path)
+                .map_err(git_error)?
+                .require_repository(path)
+                .map_err(git_error)?
+                .clone();
+            self.require_movable(&tree)?;
+        }
         if observed.url_changes {
             log.line(&format!(
                 "git remote set-url origin {}",
@@ -658,18 +924,17 @@ impl Checkout {
             git.set_remote_url(path, url).map_err(git_error)?;
         }
         let dirty = tree.changes.total > 0;
-        if dirty && self.on_dirty == OnDirty::Reset {
-            log.line(&format!(
-                "discarding local changes: {}",
-                tree.changes.summary()
-            ));
-            git.reset_hard_and_clean(path).map_err(git_error)?;
+        if dirty && self.on_dirty == OnDirty::Fail {
+            return Err(git_error(tree.require_clean(path).unwrap_err()));
         }
         let target = &observed.target;
         let commit = match (&target.commit, target.source) {
             // Looked upstream (--refresh) or a new remote: fetch, then take what it names now.
             (_, TargetSource::Upstream) | (_, TargetSource::NotFetched) => {
                 log.line(&format!("git fetch {rev}"));
+                let _recorded = git
+                    .record_operation(path, &self.operation(format!("fetch {rev}"), None, false))
+                    .map_err(git_error)?;
                 git.resolve_fetching(path, rev, self.depth, true)
                     .map_err(git_error)?
                     .commit
@@ -678,33 +943,116 @@ impl Checkout {
             (None, _) => unreachable!("a target without a commit is NotFetched"),
         };
         let moved = tree.head.as_deref() != Some(commit.as_str());
-        if moved {
-            log.line(&format!("git checkout {commit}"));
-            git.checkout(path, &commit, self.on_dirty == OnDirty::Reset)
-                .map_err(git_error)?;
-        }
-        if moved && !tree.submodules.is_empty() {
-            // Under `keep`, a dropped submodule with edits inside stays as it is.
-            let keep: Vec<String> = match self.on_dirty {
-                OnDirty::Keep => tree.changes.listed.iter().map(|c| c.path.clone()).collect(),
-                _ => Vec::new(),
+        let submodules_off =
+            self.submodules && tree.submodules.iter().any(|s| !s.state.is_converged());
+        if moved || submodules_off {
+            let resolved = Target {
+                commit: Some(commit.clone()),
+                ..target.clone()
             };
-            let removed = git
-                .remove_dropped_submodules(path, &tree.submodules, &keep)
+            let recorded = Recorded {
+                rev: None,
+                kind: None,
+                commit: head_commit_recorded(observed),
+                url: None,
+            };
+            let (lost, _) = self
+                .what_a_move_loses(git, &tree, &resolved, &recorded)
                 .map_err(git_error)?;
-            if !removed.is_empty() {
+            if !lost.is_empty() {
+                if self.on_dirty != OnDirty::Reset {
+                    return Err(ResourceError::new(format!(
+                        "moving {} would leave these commits on no branch: {}",
+                        path.display(),
+                        lost.join("; ")
+                    ))
+                    .help(
+                        "keep them on a branch (`git branch NAME COMMIT`, inside the submodule \
+                         for `sub: …`), then apply again; or set on-dirty \"reset\" to leave \
+                         them (reachable only from the reflog)",
+                    ));
+                }
                 log.line(&format!(
-                    "removed the folders of submodules {rev} does not have: {}",
-                    removed.join(", ")
+                    "leaving these commits on no branch (on-dirty \"reset\"; see `git reflog`): {}",
+                    lost.join("; ")
                 ));
             }
         }
-        let submodules_off = tree.submodules.iter().any(|s| !s.state.is_converged());
-        if self.submodules && (moved || submodules_off) {
+        if dirty && self.on_dirty == OnDirty::Reset {
+            log.line(&format!(
+                "discarding local changes: {}",
+                tree.changes.summary()
+            ));
+            let _recorded = git
+                .record_operation(path, &self.operation("reset".into(), None, false))
+                .map_err(git_error)?;
+            git.reset_hard_and_clean(path).map_err(git_error)?;
+        }
+        // Under `keep`, the user's files are copied aside first, so that a
+        // killed checkout can be finished without losing them.
+        let kept: Vec<String> = match (self.on_dirty, dirty) {
+            (OnDirty::Keep, true) => git
+                .local_changes_all(path)
+                .map_err(git_error)?
+                .0
+                .into_iter()
+                .filter(|c| !c.path.ends_with('/'))
+                .map(|c| c.path)
+                .collect(),
+            _ => Vec::new(),
+        };
+        let force = self.on_dirty == OnDirty::Reset;
+        if moved {
+            log.line(&format!("git checkout {commit}"));
+            let mut operation = self.operation(
+                format!("checkout {}", short(&commit)),
+                Some(&commit),
+                self.submodules,
+            );
+            operation.kept = kept.clone();
+            let _recorded = git.record_operation(path, &operation).map_err(git_error)?;
+            git.checkout(path, &commit, force).map_err(git_error)?;
+            if self.submodules && !tree.submodules.is_empty() {
+                let (removed, left) = git
+                    .remove_dropped_submodules(path, &tree.submodules)
+                    .map_err(git_error)?;
+                if !removed.is_empty() {
+                    log.line(&format!(
+                        "removed the folders of submodules {rev} does not have: {}",
+                        removed.join(", ")
+                    ));
+                }
+                if !left.is_empty() {
+                    log.line(&format!(
+                        "kept the folders of submodules {rev} does not have, as they hold files \
+                         git does not have: {}",
+                        left.join("; ")
+                    ));
+                }
+            }
+            if self.submodules {
+                log.line("git submodule update --init --recursive");
+                git.submodules_update(path, force).map_err(git_error)?;
+            }
+        } else if submodules_off {
             log.line("git submodule update --init --recursive");
-            git.submodules_update(path).map_err(git_error)?;
+            let mut operation = self.operation("submodule update".into(), None, true);
+            operation.kept = kept;
+            let _recorded = git.record_operation(path, &operation).map_err(git_error)?;
+            git.submodules_update(path, force).map_err(git_error)?;
         }
         Ok(())
+    }
+
+    /// The record of an operation of this plasma process on the clone.
+    fn operation(&self, what: String, to: Option<&str>, submodules: bool) -> Operation {
+        Operation {
+            by: crate::child::ProcessId::current(),
+            what,
+            to: to.map(str::to_string),
+            submodules,
+            kept: Vec::new(),
+        }
     }
 
     /// The resolved commit, the rev and its kind, the origin and each submodule's commit.
@@ -831,6 +1179,19 @@ mod tests {
         assert!(!same_repository(
             "https://github.com/comfyanonymous/ComfyUI.git",
             "https://github.com/fork/ComfyUI.git"
+        ));
+    }
+
+    #[test]
+    fn relative_local_urls_become_absolute_without_dot_dot() {
+        assert_eq!(
+            local_repository_path(std::path::Path::new("/srv/specs/../mirrors/./ComfyUI")),
+            "/srv/mirrors/ComfyUI"
+        );
+        assert!(same_repository("/srv/a/../m/x", "/srv/m/x.git"));
+        assert!(same_repository(
+            "https://u:t@example.com/x.git",
+            "https://example.com/x"
         ));
     }
 

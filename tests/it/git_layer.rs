@@ -124,7 +124,7 @@ fn moving_to_another_tag_reports_then_fixes_submodules() {
     );
     assert!(!tree.is_at(&fx.c2));
 
-    git_tool.submodules_update(&path).unwrap();
+    git_tool.submodules_update(&path, true).unwrap();
     assert!(observe_tree(&path).is_at(&fx.c2));
 
     // main records sd-scripts at S2: after checkout alone the submodule is behind.
@@ -141,7 +141,7 @@ fn moving_to_another_tag_reports_then_fixes_submodules() {
         tree.changes.total, 0,
         "a submodule at another commit is not a local change"
     );
-    git_tool.submodules_update(&path).unwrap();
+    git_tool.submodules_update(&path, true).unwrap();
     assert!(observe_tree(&path).is_at(&fx.c3));
 }
 
@@ -227,7 +227,7 @@ fn a_shallow_clone_has_one_commit_and_resolves_its_tag_locally_afterwards() {
         .unwrap();
     assert_eq!(moved.kind, RevKind::Commit);
     git_tool.checkout(&path, &moved.commit, false).unwrap();
-    git_tool.submodules_update(&path).unwrap();
+    git_tool.submodules_update(&path, true).unwrap();
     assert!(observe_tree(&path).is_at(&fx.c3));
     assert!(observe_tree(&path).shallow);
 }
@@ -259,13 +259,15 @@ fn hand_edits_are_listed_and_reset_discards_them() {
         changes,
         vec![
             ("main.py", ChangeKind::Modified),
-            ("sd-scripts", ChangeKind::SubmoduleContent),
+            // Inside a submodule, file by file: what a move would lose.
+            ("sd-scripts/train_network.py", ChangeKind::Modified),
             ("notes.txt", ChangeKind::Untracked),
         ]
     );
     let message = tree.require_clean(&path).unwrap_err().to_string();
     assert!(
-        message.contains("has local changes: M main.py, M sd-scripts, ?? notes.txt"),
+        message
+            .contains("has local changes: M main.py, M sd-scripts/train_network.py, ?? notes.txt"),
         "{message}"
     );
     for choice in [
@@ -399,7 +401,7 @@ fn the_seeds_empty_submodule_folder_is_reported_and_fixed() {
         vec![("sd-scripts".into(), SubmoduleState::Uninitialised)]
     );
 
-    tool().submodules_update(&path).unwrap();
+    tool().submodules_update(&path, true).unwrap();
     let tree = observe_tree(&path);
     assert!(tree.is_at(&fx.c3), "{:?}", tree.submodules);
     assert!(path.join("sd-scripts/train_network.py").is_file());
@@ -422,7 +424,7 @@ fn an_initialised_submodule_whose_folder_was_emptied_is_missing_and_restored() {
         submodule_states(&tree),
         vec![("sd-scripts".into(), SubmoduleState::Missing)]
     );
-    git_tool.submodules_update(&path).unwrap();
+    git_tool.submodules_update(&path, true).unwrap();
     assert!(observe_tree(&path).is_at(&fx.c2));
 }
 
@@ -475,7 +477,7 @@ fn a_nested_submodule_at_the_wrong_commit_is_reported() {
             ),
         ]
     );
-    git_tool.submodules_update(&path).unwrap();
+    git_tool.submodules_update(&path, true).unwrap();
     assert!(observe_tree(&path).is_at(&fx.c2));
 }
 

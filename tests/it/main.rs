@@ -12,6 +12,7 @@ mod download_layer;
 mod engine_cli;
 mod git_layer;
 mod lora_kind;
+mod interrupts;
 mod model_kind;
 mod plans_and_state;
 mod platform;

@@ -302,34 +302,211 @@ fn a_shallow_clone_keeps_one_commit_and_moves_shallowly() {
 }
 
 #[test]
-fn a_hand_edit_under_on_dirty_fail_is_a_plan_error_naming_the_three_choices() {
+fn a_hand_edit_under_on_dirty_fail_is_drift_and_only_that_resource_fails_to_apply() {
+    let fx = GitFixture::new();
+    let sb = Sandbox::new();
+    let spec = |note: &str| {
+        format!(
+            "{}file note {{\n    path \"note.txt\"\n    content \"{note}\"\n}}\n",
+            repo_spec(&fx.file_url(), "v0.3.27", "")
+        )
+    };
+    sb.spec(&spec("first"));
+    sb.run(&["apply", "--yes"]).code(0);
+    let clone = sb.path("tools/kohya_ss");
+    fs::write(clone.join("main.py"), "print('hand edit')\n").unwrap();
+    fs::write(clone.join("notes.txt"), "mine\n").unwrap();
+    fs::write(clone.join("sd-scripts/train_network.py"), "patched\n").unwrap();
+    // Another resource changes too: the repo must not hide it.
+    sb.spec(&spec("second"));
+
+    let plan = sb.run(&["plan", "--detailed-exitcode"]);
+    plan.code(2);
+    for expected in [
+        "local change M main.py",
+        "local change ?? notes.txt",
+        "local change M sd-scripts/train_network.py",
+        "file.note",
+    ] {
+        assert!(
+            plan.stdout.contains(expected),
+            "{expected}: {}",
+            plan.stdout
+        );
+    }
+    for choice in ["commit or stash", "on-dirty \"keep\"", "\"reset\""] {
+        assert!(plan.stdout.contains(choice), "{choice}: {}", plan.stdout);
+    }
+    // Drift, not an error: cron can tell "someone edited it" from "plasma broke".
+    let drift = sb.run(&["drift"]);
+    drift.code(2);
+    assert!(
+        drift.stdout.contains("repo.kohya: drifted")
+            && drift.stdout.contains("M sd-scripts/train_network.py"),
+        "{}",
+        drift.stdout
+    );
+    let apply = sb.run(&["apply", "--yes"]);
+    apply.code(1);
+    assert!(
+        apply.stderr.contains("has local changes"),
+        "{}",
+        apply.stderr
+    );
+    // The rest of the plan was applied; the clone was not touched.
+    assert_eq!(sb.read("note.txt"), "second");
+    assert_eq!(head(&clone), fx.c2);
+    assert_eq!(sb.read("tools/kohya_ss/main.py"), "print('hand edit')\n");
+    assert_eq!(
+        sb.read("tools/kohya_ss/sd-scripts/train_network.py"),
+        "patched\n"
+    );
+}
+
+/// Adds `v0.3.28` to the upstream: v0.3.27 plus an edit of main.py, with
+/// sd-scripts at the same commit.
+fn tag_v0_3_28(fx: &GitFixture) -> String {
+    git(&fx.upstream, &["checkout", "-q", "v0.3.27"]);
+    let commit = gitfix::commit_file(&fx.upstream, "main.py", "print('v0.3.28')\n", "fix");
+    git(&fx.upstream, &["tag", "v0.3.28"]);
+    git(&fx.upstream, &["checkout", "-q", "main"]);
+    commit
+}
+
+#[test]
+fn under_keep_an_edit_inside_a_submodule_survives_a_move_that_keeps_its_commit() {
+    let fx = GitFixture::new();
+    let v0_3_28 = tag_v0_3_28(&fx);
+    let sb = Sandbox::new();
+    let keep = "    on-dirty \"keep\"\n";
+    sb.spec(&repo_spec(&fx.file_url(), "v0.3.27", keep));
+    sb.run(&["apply", "--yes"]).code(0);
+    let clone = sb.path("tools/kohya_ss");
+    fs::write(clone.join("sd-scripts/train_network.py"), "patched lr\n").unwrap();
+
+    sb.spec(&repo_spec(&fx.file_url(), "v0.3.28", keep));
+    let plan = sb.run(&["plan"]);
+    assert!(
+        plan.stdout
+            .contains("local changes are kept (M sd-scripts/train_network.py)"),
+        "{}",
+        plan.stdout
+    );
+    sb.run(&["apply", "--yes"]).code(0);
+    assert_eq!(head(&clone), v0_3_28);
+    assert_eq!(
+        sb.read("tools/kohya_ss/sd-scripts/train_network.py"),
+        "patched lr\n"
+    );
+}
+
+#[test]
+fn a_dropped_submodule_folder_holding_ignored_or_untracked_files_is_kept_and_reported() {
     let fx = GitFixture::new();
     let sb = Sandbox::new();
     sb.spec(&repo_spec(&fx.file_url(), "v0.3.27", ""));
     sb.run(&["apply", "--yes"]).code(0);
     let clone = sb.path("tools/kohya_ss");
-    fs::write(clone.join("main.py"), "print('hand edit')\n").unwrap();
-    fs::write(clone.join("notes.txt"), "mine\n").unwrap();
+    let sub = clone.join("sd-scripts");
+    let exclude = sub.join(git(&sub, &["rev-parse", "--git-path", "info/exclude"]));
+    fs::create_dir_all(exclude.parent().unwrap()).unwrap();
+    fs::write(&exclude, "outputs/\n").unwrap();
+    fs::create_dir_all(sub.join("outputs")).unwrap();
+    fs::write(sub.join("outputs/lora.safetensors"), "weights").unwrap();
+    // Ignored inside the submodule: the clone is clean under `fail`.
+    sb.run(&["drift"]).code(0);
 
+    // v0.3.26 has no sd-scripts.
+    sb.spec(&repo_spec(&fx.file_url(), "v0.3.26", ""));
     let plan = sb.run(&["plan"]);
-    plan.code(1);
+    plan.code(0);
     assert!(
-        plan.stdout.contains("Error: repo.kohya:")
-            && plan
-                .stdout
-                .contains("has local changes: M main.py, ?? notes.txt"),
+        plan.stdout.contains("their folders are kept, not deleted")
+            && plan.stdout.contains("sd-scripts (holds !! outputs/)"),
         "{}",
         plan.stdout
     );
-    for choice in ["commit or stash", "on-dirty \"keep\"", "on-dirty \"reset\""] {
-        assert!(plan.stdout.contains(choice), "{choice}: {}", plan.stdout);
-    }
-    let drift = sb.run(&["drift"]);
-    drift.code(1);
-    assert!(drift.stdout.contains("main.py"), "{}", drift.stdout);
+    sb.run(&["apply", "--yes"]).code(0);
+    assert_eq!(head(&clone), fx.c1);
+    assert_eq!(
+        fs::read_to_string(sub.join("outputs/lora.safetensors")).unwrap(),
+        "weights"
+    );
+    let log = sb.read(".plasma/logs/repo.kohya.log");
+    assert!(log.contains("kept the folders of submodules"), "{log}");
+    sb.run(&["plan", "--detailed-exitcode"]).code(0);
+
+    // A folder with nothing of the user's in it is still removed.
+    let sb = Sandbox::new();
+    sb.spec(&repo_spec(&fx.file_url(), "v0.3.27", ""));
+    sb.run(&["apply", "--yes"]).code(0);
+    sb.spec(&repo_spec(&fx.file_url(), "v0.3.26", ""));
+    sb.run(&["apply", "--yes"]).code(0);
+    assert!(!sb.path("tools/kohya_ss/sd-scripts").exists());
+}
+
+#[test]
+fn a_commit_on_the_detached_head_or_in_a_submodule_is_never_moved_away_silently() {
+    let fx = GitFixture::new();
+    let sb = Sandbox::new();
+    sb.spec(&repo_spec(&fx.file_url(), "v0.3.27", ""));
+    sb.run(&["apply", "--yes"]).code(0);
+    let clone = sb.path("tools/kohya_ss");
+    let mine = gitfix::commit_file(&clone, "mine.py", "x = 1\n", "my experiment");
+
+    sb.spec(&repo_spec(&fx.file_url(), "main", ""));
+    let plan = sb.run(&["plan"]);
+    assert!(
+        plan.stdout
+            .contains("commits on no branch would be left behind")
+            && plan
+                .stdout
+                .contains(&format!("{} my experiment", &mine[..7])),
+        "{}",
+        plan.stdout
+    );
     let apply = sb.run(&["apply", "--yes"]);
     apply.code(1);
-    assert_eq!(sb.read("tools/kohya_ss/main.py"), "print('hand edit')\n");
+    assert!(apply.stderr.contains("my experiment"), "{}", apply.stderr);
+    assert_eq!(head(&clone), mine);
+
+    // Under `keep` too; under `reset` it moves and says what it left.
+    sb.spec(&repo_spec(
+        &fx.file_url(),
+        "main",
+        "    on-dirty \"keep\"\n",
+    ));
+    sb.run(&["apply", "--yes"]).code(1);
+    assert_eq!(head(&clone), mine);
+    sb.spec(&repo_spec(
+        &fx.file_url(),
+        "main",
+        "    on-dirty \"reset\"\n",
+    ));
+    let plan = sb.run(&["plan"]);
+    assert!(
+        plan.stdout.contains("leaves these commits on no branch"),
+        "{}",
+        plan.stdout
+    );
+    sb.run(&["apply", "--yes"]).code(0);
+    assert_eq!(head(&clone), fx.c3);
+    let log = sb.read(".plasma/logs/repo.kohya.log");
+    assert!(log.contains("my experiment"), "{log}");
+
+    // A commit inside a submodule, with the superproject staying put.
+    sb.spec(&repo_spec(&fx.file_url(), "main", ""));
+    let sub = clone.join("sd-scripts");
+    let patched = gitfix::commit_file(&sub, "train_network.py", "patched\n", "my lr fix");
+    let plan = sb.run(&["plan"]);
+    assert!(
+        plan.stdout
+            .contains(&format!("sd-scripts: {} my lr fix", &patched[..7])),
+        "{}",
+        plan.stdout
+    );
+    sb.run(&["apply", "--yes"]).code(1);
+    assert_eq!(head(&sub), patched);
 }
 
 #[test]
@@ -718,4 +895,214 @@ fn submodules_off_clones_without_them_and_ignores_their_state() {
 fn logging_git(sb: &Sandbox) -> (String, PathBuf) {
     let log = sb.path("git-calls.log");
     (gitfix::logging_git(&sb.path("bin"), &log), log)
+}
+
+/// A git smart-HTTP server on 127.0.0.1 (`git http-backend` behind Python's
+/// CGI server) that serves the fixture's repositories only to requests that
+/// carry `Authorization: Basic <expected>`, and logs each request's header.
+struct GitHttpServer {
+    child: std::process::Child,
+    port: u16,
+    log: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for GitHttpServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl GitHttpServer {
+    fn start(project_root: &Path, expected_basic: &str) -> GitHttpServer {
+        use std::io::BufRead;
+        let dir = tempfile::tempdir().unwrap();
+        let backend = dir.path().join("git/backend");
+        fs::create_dir_all(backend.parent().unwrap()).unwrap();
+        fs::write(&backend, "#!/bin/sh\nexec git http-backend\n").unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        fs::set_permissions(&backend, fs::Permissions::from_mode(0o755)).unwrap();
+        let log = dir.path().join("requests.log");
+        let server = r#"
+import http.server, os, sys
+expected, log = sys.argv[1], sys.argv[2]
+# The CGI handler runs scripts as `nobody` when started as root; stay ourselves.
+http.server.nobody_uid = lambda: os.getuid()
+class Handler(http.server.CGIHTTPRequestHandler):
+    cgi_directories = ["/git"]
+    def gate(self):
+        got = self.headers.get("Authorization", "")
+        with open(log, "a") as f:
+            f.write("%s %s\n" % (self.path, got))
+        if got != "Basic " + expected:
+            self.send_response(401)
+            self.send_header("WWW-Authenticate", 'Basic realm="git"')
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return False
+        return True
+    def do_GET(self):
+        if self.gate():
+            super().do_GET()
+    def do_POST(self):
+        if self.gate():
+            super().do_POST()
+    def log_message(self, *args):
+        pass
+httpd = http.server.HTTPServer(("127.0.0.1", 0), Handler)
+print(httpd.server_address[1], flush=True)
+httpd.serve_forever()
+"#;
+        let mut child = std::process::Command::new("python3")
+            .arg("-c")
+            .arg(server)
+            .arg(expected_basic)
+            .arg(&log)
+            .current_dir(dir.path())
+            .env("GIT_PROJECT_ROOT", project_root)
+            .env("GIT_HTTP_EXPORT_ALL", "1")
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("python3 runs");
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        GitHttpServer {
+            port: line.trim().parse().expect("the server prints its port"),
+            child,
+            log,
+            _dir: dir,
+        }
+    }
+}
+
+#[test]
+fn credentials_in_an_https_url_reach_git_through_its_environment_never_argv_or_config() {
+    use base64::Engine;
+    let fx = GitFixture::new();
+    let secret = "s3cr3t-t0ken";
+    let basic = base64::engine::general_purpose::STANDARD.encode(format!("alice:{secret}"));
+    let server = GitHttpServer::start(fx.upstream.parent().unwrap(), &basic);
+    let clean = format!("http://127.0.0.1:{}/git/backend/kohya_ss", server.port);
+    let url = format!(
+        "http://alice:{secret}@127.0.0.1:{}/git/backend/kohya_ss",
+        server.port
+    );
+    let sb = Sandbox::new();
+    sb.spec(&repo_spec(&url, "v0.3.27", "    submodules #false\n"));
+    let (path, calls) = logging_git(&sb);
+
+    let apply = run_with_path(&sb, &path, &["apply", "--yes"]);
+    apply.code(0);
+    let clone = sb.path("tools/kohya_ss");
+    assert_eq!(head(&clone), fx.c2);
+    // The server saw the credentials; git's command lines never held them.
+    let requests = fs::read_to_string(&server.log).unwrap();
+    assert!(requests.contains(&format!("Basic {basic}")), "{requests}");
+    let argv = fs::read_to_string(&calls).unwrap();
+    assert!(argv.contains(&clean) && !argv.contains(secret), "{argv}");
+    // Stored without them: the origin is the clean URL.
+    let config = fs::read_to_string(clone.join(".git/config")).unwrap();
+    assert!(!config.contains(secret), "{config}");
+    assert_eq!(git(&clone, &["config", "remote.origin.url"]), clean);
+    // And the clone still converges (and fetches) with them.
+    run_with_path(&sb, &path, &["plan", "--detailed-exitcode"]).code(0);
+    sb.spec(&repo_spec(&url, "main", "    submodules #false\n"));
+    run_with_path(&sb, &path, &["apply", "--yes"]).code(0);
+    assert_eq!(head(&clone), fx.c3);
+    assert!(!fs::read_to_string(&calls).unwrap().contains(secret));
+    assert!(!all_output(&apply).contains(secret));
+}
+
+#[test]
+fn a_relative_local_url_resolves_against_the_spec_folder_and_converges() {
+    let fx = GitFixture::new();
+    let sb = Sandbox::new();
+    git(
+        sb.root(),
+        &[
+            "clone",
+            "-q",
+            "--mirror",
+            fx.upstream.to_str().unwrap(),
+            "mirrors/kohya_ss",
+        ],
+    );
+    sb.write(
+        "cfg/plasma.kdl",
+        &repo_spec("../mirrors/kohya_ss", "v0.3.27", "")
+            .replace("tools/kohya_ss", "../tools/kohya_ss"),
+    );
+    // The spec is named by a relative path, as `plasma -f cfg/plasma.kdl` does.
+    sb.run(&["-f", "cfg/plasma.kdl", "apply", "--yes"]).code(0);
+    let clone = sb.path("tools/kohya_ss");
+    assert_eq!(head(&clone), fx.c2);
+    let origin = git(&clone, &["config", "remote.origin.url"]);
+    assert_eq!(
+        Path::new(&origin),
+        sb.path("mirrors/kohya_ss").canonicalize().unwrap()
+    );
+    sb.run(&["-f", "cfg/plasma.kdl", "plan", "--detailed-exitcode"])
+        .code(0);
+    // The stored origin is one git can fetch from: moving to a rev fetches it.
+    sb.write(
+        "cfg/plasma.kdl",
+        &repo_spec("../mirrors/kohya_ss", "main", "")
+            .replace("tools/kohya_ss", "../tools/kohya_ss"),
+    );
+    sb.run(&["-f", "cfg/plasma.kdl", "apply", "--yes"]).code(0);
+    assert_eq!(head(&clone), fx.c3);
+}
+
+#[test]
+fn a_clone_into_a_folder_plasma_cannot_write_says_so_not_that_the_remote_is_unreachable() {
+    let fx = GitFixture::new();
+    let sb = Sandbox::new();
+    // Not even root can make folders in /proc.
+    sb.spec(&repo_spec(&fx.file_url(), "v0.3.27", "").replace("tools/kohya_ss", "/proc/kohya_ss"));
+    let apply = sb.run(&["apply", "--yes"]);
+    apply.code(1);
+    assert!(
+        apply
+            .stderr
+            .contains("cannot create /proc/.kohya_ss.plasma-clone"),
+        "{}",
+        apply.stderr
+    );
+    assert!(!apply.stderr.contains("cannot reach"), "{}", apply.stderr);
+}
+
+#[test]
+fn a_rev_that_is_both_a_tag_and_a_branch_is_an_error_naming_both() {
+    let fx = GitFixture::new();
+    git(&fx.upstream, &["branch", "v0.3.26", &fx.c3]);
+    let sb = Sandbox::new();
+    sb.spec(&repo_spec(&fx.file_url(), "v0.3.26", ""));
+    let apply = sb.run(&["apply", "--yes"]);
+    apply.code(1);
+    let expected = format!(
+        "is both a tag (at {}) and a branch of origin (at {})",
+        &fx.c1[..7],
+        &fx.c3[..7]
+    );
+    assert!(
+        all_output(&apply).contains(&expected),
+        "{}",
+        all_output(&apply)
+    );
+    assert!(!sb.path("tools/kohya_ss").exists());
+
+    // On an existing clone, plan says it too.
+    sb.spec(&repo_spec(&fx.file_url(), "v0.3.27", ""));
+    sb.run(&["apply", "--yes"]).code(0);
+    sb.spec(&repo_spec(&fx.file_url(), "v0.3.26", ""));
+    let plan = sb.run(&["plan"]);
+    plan.code(1);
+    assert!(
+        all_output(&plan).contains(&expected),
+        "{}",
+        all_output(&plan)
+    );
 }
