@@ -82,8 +82,8 @@ pub enum Launch {
     },
 }
 
-/// A declared `service`.
-#[derive(Debug, Clone)]
+/// A declared `service`. Its `Debug` shows the environment's names only.
+#[derive(Clone)]
 pub struct Service {
     pub name: String,
     pub span: SourceSpan,
@@ -107,6 +107,20 @@ pub struct Service {
     /// The custom nodes of this ComfyUI (found at `resolve`): the service
     /// starts after them and restarts when one changes.
     pub custom_nodes: Vec<Address>,
+}
+
+impl std::fmt::Debug for Service {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Service")
+            .field("name", &self.name)
+            .field("launch", &self.launch)
+            .field("cwd", &self.cwd)
+            .field("env", &self.env.keys().collect::<Vec<_>>())
+            .field("log", &self.log)
+            .field("health", &self.health_url())
+            .field("manager", &self.manager)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Service {

@@ -21,7 +21,8 @@ use sandbox::Sandbox;
 /// takes `--listen HOST` and `--port N`, logs to stderr as v0.3.27 does,
 /// answers `GET /system_stats` with v0.3.27's shape (contract, last
 /// section), and writes what it was started with (argv, `SERVICE_MARK` from
-/// its environment) to `started.json` in its working folder. `--crash`
+/// its environment) to `started.json` in its working folder. While a file
+/// `unhealthy` there holds its pid, it answers 503. `--crash`
 /// dies at start as v0.3.27 does without `requests`; `--hang` never answers.
 const STANDIN: &str = r#"
 import json, os, sys, time
@@ -47,6 +48,8 @@ class Handler(BaseHTTPRequestHandler):
     def do_GET(self):
         if self.path != "/system_stats":
             self.send_response(404); self.end_headers(); return
+        if os.path.exists("unhealthy") and open("unhealthy").read() == str(os.getpid()):
+            self.send_response(503); self.end_headers(); return
         body = json.dumps({
             "system": {"os": "posix", "comfyui_version": "0.3.27", "python_version": sys.version,
                        "pytorch_version": "2.5.1", "embedded_python": False, "argv": sys.argv},
@@ -265,6 +268,28 @@ fn a_service_killed_by_hand_is_drift_and_apply_restarts_it() {
     assert_ne!(restarted, pid);
     assert!(alive(restarted));
     assert_eq!(get_status(port, "/system_stats"), Some(200));
+    sb.run(&["plan", "--detailed-exitcode"]).code(0);
+}
+
+#[test]
+fn an_unhealthy_service_is_drift_and_apply_restarts_it() {
+    let sb = Sandbox::new();
+    let _guard = Services { sb: &sb };
+    let port = free_port();
+    sb.spec(&standin_spec(&sb, port, "", "", ""));
+    sb.run(&["apply", "--yes"]).code(0);
+    let pid = pid_of(&sb, "web");
+    sb.write("app/unhealthy", &pid.to_string());
+    let plan = sb.run(&["plan", "--detailed-exitcode"]);
+    plan.code(2);
+    assert!(
+        plan.stdout.contains("restart: unhealthy") && plan.stdout.contains("answered 503"),
+        "{}",
+        plan.stdout
+    );
+    sb.run(&["apply", "--yes"]).code(0);
+    assert_ne!(pid_of(&sb, "web"), pid, "restarted");
+    assert!(!alive(pid));
     sb.run(&["plan", "--detailed-exitcode"]).code(0);
 }
 
