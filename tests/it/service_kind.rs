@@ -830,9 +830,29 @@ service comfyui {{
     run.code(0);
     println!("real ComfyUI healthy after {took:?}");
     assert_eq!(get_status(port, "/system_stats"), Some(200));
+    let log = sb.read(".plasma/services/comfyui/service.log");
+    assert!(
+        log.contains(&format!("To see the GUI go to: http://127.0.0.1:{port}")),
+        "{log}"
+    );
     let plan_started = Instant::now();
     sb.run(&["plan", "--detailed-exitcode"]).code(0);
     println!("converged plan: {:?}", plan_started.elapsed());
+
+    // Killed by hand: drift, and apply starts it again.
+    let pid = pid_of(&sb, "comfyui");
+    kill(pid);
+    let plan = sb.run(&["plan"]);
+    assert!(
+        plan.stdout.contains("start: not running"),
+        "{}",
+        plan.stdout
+    );
+    let restarted_at = Instant::now();
+    sb.run(&["apply", "--yes"]).code(0);
+    println!("restarted and healthy after {:?}", restarted_at.elapsed());
+    assert_ne!(pid_of(&sb, "comfyui"), pid);
+    assert_eq!(get_status(port, "/system_stats"), Some(200));
     sb.spec("");
     sb.run(&["apply", "--yes", "--prune"]).code(0);
     assert_eq!(get_status(port, "/system_stats"), None);
