@@ -93,6 +93,40 @@ pub const SERVICE_EXPOSED: Rule = Rule {
               0.0.0.0, ::) lets anyone on the network queue work and install nodes on this machine",
 };
 
+pub const DATASET_PREFIX_IGNORED: Rule = Rule {
+    code: "dataset-prefix-ignored",
+    severity: Severity::Warning,
+    summary: "under a dataset TOML, train_network.py never reads a folder's `N_` prefix: the \
+              subset repeats `num_repeats` times (default 1), whatever the folder is called",
+};
+
+pub const MIXED_PRECISION_ON_MPS: Rule = Rule {
+    code: "mixed-precision-on-mps",
+    severity: Severity::Error,
+    summary: "a LoRA run with fp16 or bf16 mixed precision on Apple's MPS device fails \
+              (\"fp16 mixed precision requires a GPU (not 'mps')\")",
+};
+
+pub const EIGHT_BIT_OPTIMIZER_ON_MPS: Rule = Rule {
+    code: "optimizer-8bit-on-mps",
+    severity: Severity::Error,
+    summary: "8-bit optimizers (AdamW8bit, Lion8bit, …) come from bitsandbytes, which needs CUDA",
+};
+
+pub const FLIP_AUG_WITH_CACHE_LATENTS: Rule = Rule {
+    code: "flip-aug-with-cache-latents",
+    severity: Severity::Warning,
+    summary: "flip-aug with cache-latents caches every latent twice, and flips every image \
+              (including asymmetric ones the dataset did not pre-flip)",
+};
+
+pub const TRAINING_MEMORY: Rule = Rule {
+    code: "training-memory",
+    severity: Severity::Warning,
+    summary: "on a machine with 16 GB or less, a LoRA batch above 1 or a resolution above \
+              512×768 runs out of memory (the trainer is killed)",
+};
+
 /// Every rule, so `allow` can be checked.
 pub const RULES: &[&Rule] = &[
     &FP16_ON_MPS,
@@ -105,6 +139,11 @@ pub const RULES: &[&Rule] = &[
     &PICKLE_MODEL,
     &UNPINNED_MODEL,
     &SERVICE_EXPOSED,
+    &DATASET_PREFIX_IGNORED,
+    &MIXED_PRECISION_ON_MPS,
+    &EIGHT_BIT_OPTIMIZER_ON_MPS,
+    &FLIP_AUG_WITH_CACHE_LATENTS,
+    &TRAINING_MEMORY,
 ];
 
 impl Rule {

@@ -63,9 +63,28 @@ pub(super) fn show_platform(json: bool) -> CommandResult {
     Ok(EXIT_OK)
 }
 
-pub(super) async fn show(env: &Env, address: &str, json: bool) -> CommandResult {
+pub(super) async fn show(env: &Env, address: &str, json: bool, command: bool) -> CommandResult {
     let loaded = load(env)?;
-    let state = loaded.state_file.load()?;
+    if command {
+        let lora = loaded
+            .spec
+            .resources
+            .iter()
+            .find(|r| r.address.to_string() == address)
+            .and_then(|r| {
+                r.resource
+                    .as_any()
+                    .downcast_ref::<crate::resource::lora::Lora>()
+            })
+            .ok_or_else(|| {
+                Failure::Message(format!(
+                    "`--command` is for a lora; `{address}` is not one in the spec"
+                ))
+            })?;
+        println!("{}", lora.command_line(&loaded.state_file.dir()));
+        return Ok(EXIT_OK);
+    }
+    let state = read_state(env, &loaded.state_file)?;
     let Some(index) = loaded
         .spec
         .resources
@@ -117,10 +136,19 @@ pub(super) async fn show(env: &Env, address: &str, json: bool) -> CommandResult 
                         std::time::UNIX_EPOCH + Duration::from_secs(entry.applied_at)
                     )
                 );
-                println!("outputs:");
-                print_value(&serde_json::Value::Object(entry.outputs.clone()), 1);
+                // A LoRA run's record is a table and a chart, not a dump.
+                match crate::resource::lora::report(&entry.outputs) {
+                    Some(report) => print!("{report}"),
+                    None => {
+                        println!("outputs:");
+                        print_value(&serde_json::Value::Object(entry.outputs.clone()), 1);
+                    }
+                }
             }
             None => println!("never applied"),
+        }
+        if let Some(extra) = loaded.spec.resources[index].resource.show() {
+            print!("{extra}");
         }
     }
     Ok(EXIT_OK)
@@ -165,9 +193,9 @@ pub(super) fn state_command(env: &Env, cmd: StateCommand) -> CommandResult {
         Some(p) => crate::state::StateFile { path: p.clone() },
         None => crate::state::StateFile::beside(spec.parent().unwrap_or(Path::new("."))),
     };
-    let state = state_file.load()?;
     match cmd {
         StateCommand::List => {
+            let state = read_state(env, &state_file)?;
             for (address, entry) in state.iter().flat_map(|s| &s.resources) {
                 println!(
                     "{address}\t{}",
@@ -179,6 +207,7 @@ pub(super) fn state_command(env: &Env, cmd: StateCommand) -> CommandResult {
             Ok(EXIT_OK)
         }
         StateCommand::Show { address } => {
+            let state = read_state(env, &state_file)?;
             let entry = state
                 .as_ref()
                 .and_then(|s| s.resources.get(&address))
@@ -190,15 +219,29 @@ pub(super) fn state_command(env: &Env, cmd: StateCommand) -> CommandResult {
             address,
             lock_timeout,
         } => {
-            let _lock = state_file.lock(lock_timeout, "state rm")?;
-            let mut state = state_file
-                .load()?
+            let _lock = lock_state(&state_file, lock_timeout, "state rm")?;
+            let mut state = read_state(env, &state_file)?
                 .ok_or_else(|| Failure::Message("there is no state yet".into()))?;
             if state.resources.remove(&address).is_none() {
                 return Err(Failure::Message(format!("`{address}` is not in the state")));
             }
             state_file.save(&mut state)?;
             println!("Removed {address} from the state (its files are kept).");
+            Ok(EXIT_OK)
+        }
+        StateCommand::Restore {
+            force,
+            lock_timeout,
+        } => {
+            let _lock = lock_state(&state_file, lock_timeout, "state restore")?;
+            let restored = state_file.restore(force)?;
+            println!(
+                "Restored the state from {} ({} resources, lineage {}, now serial {}).",
+                state_file.backup_path().display(),
+                restored.resources.len(),
+                restored.lineage,
+                restored.serial
+            );
             Ok(EXIT_OK)
         }
     }

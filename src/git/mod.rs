@@ -30,7 +30,7 @@ pub use apply::CloneRequest;
 pub use error::GitError;
 pub use observe::{
     ChangeKind, ChangedPath, LocalChanges, MAX_LISTED_CHANGES, RemoteUrl, RepoObservation,
-    SubmoduleObservation, SubmoduleState, WorkTree,
+    SubmoduleObservation, SubmoduleState, WorkTree, head_commit,
 };
 pub use redact::{redact_text, redact_url};
 pub(crate) use resolve::validate_rev;

@@ -304,6 +304,19 @@ impl GitDirs {
     }
 }
 
+/// The commit checked out in `work_tree`, read from files only (a
+/// submodule's `.git` file is followed); `None` when it is not a work tree
+/// of its own or HEAD is kept in a form only git reads (reftable).
+pub fn head_commit(work_tree: &Path) -> io::Result<Option<String>> {
+    let Some(dirs) = GitDirs::locate(work_tree)? else {
+        return Ok(None);
+    };
+    Ok(match read_head(&dirs)? {
+        HeadFromFiles::Known { commit, .. } => commit,
+        HeadFromFiles::Unknown { .. } => None,
+    })
+}
+
 /// HEAD as read from files.
 enum HeadFromFiles {
     Known {
@@ -422,6 +435,16 @@ impl Git {
     }
 
     /// HEAD's commit and branch, from files when possible, else from `git rev-parse`.
+    /// The commit checked out at `path`, read from git's files where it can
+    /// be (a `git rev-parse` only for heads the files do not settle);
+    /// `None` when `path` is not a clone or has no commits.
+    pub fn head_commit(&self, path: &Path) -> Result<Option<String>, GitError> {
+        let Some(dirs) = GitDirs::locate(path).map_err(|e| GitError::io("read", path, e))? else {
+            return Ok(None);
+        };
+        Ok(self.head(path, &dirs)?.0)
+    }
+
     fn head(
         &self,
         work_tree: &Path,

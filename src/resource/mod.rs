@@ -18,9 +18,11 @@ use crate::spec::reader::NodeReader;
 use crate::spec::{Address, Spec};
 use crate::state::ResourceState;
 
+pub mod benchmark;
 pub mod custom_node;
 pub mod file;
 pub mod link;
+pub mod lora;
 pub mod model;
 pub mod repo;
 pub mod service;
@@ -139,6 +141,11 @@ pub trait Kind: Send + Sync + 'static {
         Vec::new()
     }
 
+    /// More to print under `plasma show` (a benchmark's history table).
+    fn show(&self) -> Option<String> {
+        None
+    }
+
     /// Called once after the whole spec is loaded, for kinds that take
     /// something from the resources they reference (a custom node's folder
     /// lies inside its ComfyUI repo).
@@ -199,6 +206,7 @@ pub trait Resource: Send + Sync {
     fn resolve(&mut self, others: &Others<'_>);
     fn implied_dependencies(&self) -> Vec<Address>;
     fn dependencies_changed(&self, diff: Diff, changed: &[String]) -> Diff;
+    fn show(&self) -> Option<String>;
     fn as_any(&self) -> &dyn Any;
 }
 
@@ -262,6 +270,10 @@ impl<K: Kind> Resource for K {
         Kind::dependencies_changed(self, diff, changed)
     }
 
+    fn show(&self) -> Option<String> {
+        Kind::show(self)
+    }
+
     fn as_any(&self) -> &dyn Any {
         self
     }
@@ -283,7 +295,20 @@ pub const KINDS: &[&str] = &[
     venv::Venv::KIND,
     custom_node::CustomNode::KIND,
     service::Service::KIND,
+    benchmark::Benchmark::KIND,
+    lora::Lora::KIND,
 ];
+
+/// What [`prune_forgotten`] would do for this resource, for the plan
+/// (`stop the service plasma started`); `None` when it does nothing.
+pub fn prune_work(entry: &ResourceState) -> Option<&'static str> {
+    match entry.kind.as_str() {
+        service::Service::KIND if entry.outputs.contains_key("record") => {
+            Some("stop the service plasma started and remove its unit")
+        }
+        _ => None,
+    }
+}
 
 /// Work a kind does when `apply --prune` drops one of its resources, before
 /// its files are deleted (a service is stopped and unloaded).
@@ -309,6 +334,10 @@ pub fn parse(kind: &str, reader: &NodeReader<'_, '_>) -> Option<Box<dyn Resource
         service::Service::KIND => {
             service::Service::parse(reader).map(|r| Box::new(r) as Box<dyn Resource>)
         }
+        benchmark::Benchmark::KIND => {
+            benchmark::Benchmark::parse(reader).map(|r| Box::new(r) as Box<dyn Resource>)
+        }
+        lora::Lora::KIND => lora::Lora::parse(reader).map(|r| Box::new(r) as Box<dyn Resource>),
         _ => None,
     }
 }

@@ -3,11 +3,14 @@
 
 mod support;
 
+mod benchmark_kind;
+mod comfyui_client;
 mod custom_node_kind;
 mod diagnostics;
 mod download_layer;
 mod engine_cli;
 mod git_layer;
+mod lora_kind;
 mod model_kind;
 mod plans_and_state;
 mod platform;

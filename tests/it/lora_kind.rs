@@ -1,0 +1,629 @@
+//! The `lora` kind end to end, with a STAND-IN `train_network.py` and a
+//! stand-in `accelerate` launcher (`support/kohya_standin/`, Python, not
+//! kohya's code) that honour the trainer's contract as observed on sd-scripts
+//! 3e6935a, log quirks included, in a real venv. The real trainer is driven
+//! by `real_stack_*` below when `PLASMA_REAL_STACK` names the real stack.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::support::sandbox::{Run, Sandbox};
+
+const STANDIN: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/tests/it/support/kohya_standin"
+);
+
+/// A kohya_ss folder with the stand-in trainer under sd-scripts/, a venv
+/// holding the stand-in `accelerate`, a base model, and a dataset of two
+/// captioned train images and three reg images.
+fn fixture(sb: &Sandbox, train_dir: &str) {
+    let sd = sb.path("kohya_ss/sd-scripts");
+    std::fs::create_dir_all(sd.join("networks")).unwrap();
+    for file in [
+        "train_network.py",
+        "networks/__init__.py",
+        "networks/lora.py",
+    ] {
+        std::fs::copy(Path::new(STANDIN).join(file), sd.join(file)).unwrap();
+    }
+    let venv = sb.path("venv");
+    let status = std::process::Command::new("python3")
+        .args(["-m", "venv", "--without-pip"])
+        .arg(&venv)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let launcher = std::fs::read_to_string(Path::new(STANDIN).join("accelerate")).unwrap();
+    let script = format!("#!{}\n{launcher}", venv.join("bin/python").display());
+    let accelerate = venv.join("bin/accelerate");
+    std::fs::write(&accelerate, script).unwrap();
+    std::fs::set_permissions(
+        &accelerate,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    sb.write("models/base.safetensors", "not really a model");
+    for name in ["a", "b"] {
+        sb.write(&format!("{train_dir}/{name}.png"), &format!("image {name}"));
+        sb.write(&format!("{train_dir}/{name}.txt"), "spyke, 1boy, red hair");
+    }
+    for name in ["p", "q", "r"] {
+        sb.write(
+            &format!("dataset/reg/{name}.png"),
+            &format!("person {name}"),
+        );
+        sb.write(&format!("dataset/reg/{name}.txt"), "person");
+    }
+}
+
+fn spec(train_dir: &str, extra: &str) -> String {
+    format!(
+        r#"
+lora spyke {{
+    trainer "kohya_ss"
+    venv "venv"
+    base-model "models/base.safetensors"
+    dataset {{
+        resolution 64
+        batch-size 1
+        subset {{
+            image-dir "{train_dir}"
+            repeats 5
+            caption-extension ".txt"
+            keep-tokens 1
+            shuffle-caption #true
+        }}
+        subset {{
+            image-dir "dataset/reg"
+            caption-extension ".txt"
+            is-reg #true
+        }}
+    }}
+    network-dim 4
+    network-alpha 2
+    optimizer "AdamW"
+    learning-rate 1e-4
+    epochs 2
+    save-every-n-steps 10
+    mixed-precision "no"
+    seed 42
+    output "out" name="spyke_test"
+    select "min-loss"
+    install-to "comfy/models/loras/spyke.safetensors"
+    {extra}
+}}
+"#
+    )
+}
+
+fn run_with(sb: &Sandbox, args: &[&str], env: &[(&str, &str)]) -> Run {
+    let mut cmd = sb.command(args);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().expect("plasma runs");
+    Run {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+fn installed(sb: &Sandbox) -> PathBuf {
+    sb.path("comfy/models/loras/spyke.safetensors")
+}
+
+fn alive(pid: i32) -> bool {
+    // A zombie is not alive: look at /proc's state letter.
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| s.rsplit(')').next().map(|r| r.trim().to_string()))
+        .is_some_and(|r| !r.starts_with('Z'))
+}
+
+#[test]
+fn a_clean_run_installs_the_min_loss_checkpoint_and_a_second_apply_does_nothing() {
+    let sb = Sandbox::new();
+    fixture(&sb, "dataset/train/spyke");
+    sb.spec(&spec("dataset/train/spyke", ""));
+
+    // The plan tells the step arithmetic before anything runs.
+    let plan = sb.run(&["plan", "--detailed-exitcode"]);
+    plan.code(2);
+    assert!(
+        plan.stdout.contains(
+            "train 2 images × 5 repeats = 10; reg 3 images balanced to 10; 20 per epoch / batch 1 × 2 epochs = 40 steps"
+        ),
+        "{}",
+        plan.stdout
+    );
+    assert!(plan.stdout.contains("never trained"), "{}", plan.stdout);
+
+    let apply = sb.run(&["apply", "--yes"]);
+    apply.code(0);
+
+    // The stand-in said 40 total optimization steps, as the plan did.
+    let log = sb.read(".plasma/logs/lora.spyke.log");
+    assert!(
+        log.contains("total optimization steps / 学習ステップ数: 40"),
+        "{log}"
+    );
+    // Step 20 has the lowest loss; it is installed, byte for byte.
+    let chosen = sb.path("out/spyke_test-step00000020.safetensors");
+    assert_eq!(
+        std::fs::read(installed(&sb)).unwrap(),
+        std::fs::read(&chosen).unwrap()
+    );
+    assert!(sb.path("out/spyke_test.safetensors").exists());
+    assert!(
+        sb.read("out/spyke_test-loss.svg")
+            .contains("selected: step 20")
+    );
+    let toml = sb.read(".plasma/lora/spyke/dataset.toml");
+    assert!(
+        toml.contains("num_repeats = 5") && toml.contains("is_reg = true"),
+        "{toml}"
+    );
+
+    let state = sb.state();
+    let run = &state["resources"]["lora.spyke"]["outputs"]["run"];
+    assert_eq!(run["total_steps"], 40);
+    let steps: Vec<u64> = run["checkpoints"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["step"].as_u64().unwrap())
+        .collect();
+    assert_eq!(steps, [10, 20, 30, 40, 40]);
+    assert_eq!(run["selected"]["step"], 20);
+    assert_eq!(run["selected"]["loss"], 0.1);
+    assert_eq!(run["checkpoints"][0]["loss"], 0.11);
+    assert_eq!(run["installed"]["sha256"], run["selected"]["sha256"]);
+    assert_eq!(run["selected"]["sha256"].as_str().unwrap().len(), 64);
+
+    // Converged: the plan is empty, a second apply runs nothing.
+    let plan = sb.run(&["plan", "--detailed-exitcode"]);
+    plan.code(0);
+    let again = sb.run(&["apply", "--yes"]);
+    again.code(0);
+    assert_eq!(
+        sb.read(".plasma/logs/lora.spyke.log")
+            .matches("$ cd ")
+            .count(),
+        1
+    );
+
+    // The next plan estimates from the run's seconds per step.
+    sb.write("dataset/train/spyke/c.png", "image c");
+    sb.write("dataset/train/spyke/c.txt", "spyke, 1boy");
+    let plan = sb.run(&["plan"]);
+    assert!(plan.stdout.contains("s/step (last run)"), "{}", plan.stdout);
+    assert!(
+        plan.stdout
+            .contains("dataset changed: 1 image added, 1 caption added"),
+        "{}",
+        plan.stdout
+    );
+
+    // show: the loss table with the selection marked, a chart; --command.
+    let show = sb.run(&["show", "lora.spyke"]);
+    show.code(0);
+    let marked: Vec<&str> = show
+        .stdout
+        .lines()
+        .filter(|l| l.starts_with("* "))
+        .collect();
+    assert_eq!(marked.len(), 2, "{}", show.stdout);
+    assert!(marked[0].contains("step00000020"), "{}", show.stdout);
+    assert!(show.stdout.contains('•'), "{}", show.stdout);
+    let command = sb.run(&["show", "lora.spyke", "--command"]);
+    command.code(0);
+    assert!(
+        command.stdout.contains("/venv/bin/accelerate launch "),
+        "{}",
+        command.stdout
+    );
+    assert!(
+        command
+            .stdout
+            .contains("sd-scripts/train_network.py --pretrained_model_name_or_path="),
+        "{}",
+        command.stdout
+    );
+    assert!(
+        command
+            .stdout
+            .contains("--max_train_epochs=2 --mixed_precision=no --save_every_n_steps=10"),
+        "{}",
+        command.stdout
+    );
+}
+
+#[test]
+fn a_caption_edit_reruns_and_a_removed_install_is_only_copied_again() {
+    let sb = Sandbox::new();
+    fixture(&sb, "dataset/train/spyke");
+    sb.spec(&spec("dataset/train/spyke", ""));
+    sb.run(&["apply", "--yes"]).code(0);
+
+    std::fs::remove_file(installed(&sb)).unwrap();
+    let plan = sb.run(&["plan", "--detailed-exitcode"]);
+    plan.code(2);
+    assert!(
+        plan.stdout.contains("the installed file is missing"),
+        "{}",
+        plan.stdout
+    );
+    sb.run(&["apply", "--yes"]).code(0);
+    assert!(installed(&sb).exists());
+    assert_eq!(
+        sb.read(".plasma/logs/lora.spyke.log")
+            .matches("$ cd ")
+            .count(),
+        1,
+        "no second run"
+    );
+
+    sb.write("dataset/train/spyke/b.txt", "spyke, 1boy, blue hair");
+    let plan = sb.run(&["plan", "--detailed-exitcode"]);
+    plan.code(2);
+    assert!(
+        plan.stdout.contains("dataset changed: 1 caption edited"),
+        "{}",
+        plan.stdout
+    );
+    sb.run(&["apply", "--yes"]).code(0);
+    assert_eq!(
+        sb.read(".plasma/logs/lora.spyke.log")
+            .matches("$ cd ")
+            .count(),
+        2
+    );
+    sb.run(&["plan", "--detailed-exitcode"]).code(0);
+}
+
+#[test]
+fn a_folder_prefix_under_a_dataset_toml_is_linted_with_the_real_repeats() {
+    let sb = Sandbox::new();
+    fixture(&sb, "dataset/train/10_spyke");
+    sb.spec(&spec("dataset/train/10_spyke", ""));
+    let validate = sb.run(&["validate"]);
+    validate.code(0);
+    let text = format!("{}{}", validate.stdout, validate.stderr);
+    assert!(text.contains("dataset-prefix-ignored"), "{text}");
+    assert!(
+        text.contains("the folder prefix `10_` is ignored under a dataset TOML: this subset repeats 5 times per epoch"),
+        "{text}"
+    );
+    // `allow` silences it.
+    sb.spec(&spec(
+        "dataset/train/10_spyke",
+        "allow \"dataset-prefix-ignored\"",
+    ));
+    let validate = sb.run(&["validate"]);
+    assert!(!format!("{}{}", validate.stdout, validate.stderr).contains("dataset-prefix-ignored"));
+}
+
+#[test]
+fn a_missing_caption_is_shown_by_the_plan_and_stops_apply_before_the_trainer_runs() {
+    let sb = Sandbox::new();
+    fixture(&sb, "dataset/train/spyke");
+    std::fs::remove_file(sb.path("dataset/train/spyke/b.txt")).unwrap();
+    sb.write("dataset/train/spyke/c.png", "image c");
+    sb.write("dataset/train/spyke/c.txt", "1boy, spyke");
+    sb.spec(&spec("dataset/train/spyke", ""));
+    let plan = sb.run(&["plan"]);
+    assert!(
+        plan.stdout
+            .contains("1 image without a caption file: b.png"),
+        "{}",
+        plan.stdout
+    );
+    assert!(
+        plan.stdout
+            .contains("1 caption do not start with the trigger token: c.txt"),
+        "{}",
+        plan.stdout
+    );
+    let apply = sb.run(&["apply", "--yes"]);
+    apply.code(1);
+    let text = format!("{}{}", apply.stdout, apply.stderr);
+    assert!(text.contains("the dataset is not ready"), "{text}");
+    assert!(text.contains("b.png"), "{text}");
+    assert!(!sb.path("out").exists(), "the trainer never ran");
+    assert!(!installed(&sb).exists());
+}
+
+#[test]
+fn a_trainer_killed_with_sigkill_is_explained_leaves_no_install_and_no_orphan() {
+    let sb = Sandbox::new();
+    fixture(&sb, "dataset/train/spyke");
+    sb.spec(&spec("dataset/train/spyke", ""));
+    let pids = sb.path("pids");
+    let apply = run_with(
+        &sb,
+        &["apply", "--yes"],
+        &[
+            ("STANDIN_SIGKILL_AT_STEP", "25"),
+            ("STANDIN_PID_FILE", pids.to_str().unwrap()),
+        ],
+    );
+    apply.code(1);
+    let text = format!("{}{}", apply.stdout, apply.stderr);
+    assert!(
+        text.contains(
+            "the trainer was killed (SIGKILL), most likely by the system running out of memory"
+        ),
+        "{text}"
+    );
+    assert!(text.contains("batch-size 1"), "{text}");
+    assert!(!installed(&sb).exists());
+    // The trainer's loader worker, orphaned by the kill, was killed with its group.
+    let pid_text = std::fs::read_to_string(&pids).unwrap();
+    let pids: Vec<i32> = pid_text
+        .split_whitespace()
+        .map(|p| p.parse().unwrap())
+        .collect();
+    std::thread::sleep(Duration::from_millis(200));
+    for pid in pids {
+        assert!(!alive(pid), "process {pid} of the run is still alive");
+    }
+    // The next apply runs again and converges.
+    let plan = sb.run(&["plan"]);
+    assert!(plan.stdout.contains("never trained"), "{}", plan.stdout);
+    sb.run(&["apply", "--yes"]).code(0);
+    assert!(installed(&sb).exists());
+}
+
+#[test]
+fn a_missing_python_module_names_the_module_and_the_venv() {
+    let sb = Sandbox::new();
+    fixture(&sb, "dataset/train/spyke");
+    sb.spec(&spec(
+        "dataset/train/spyke",
+        "network-module \"lycoris.kohya\"",
+    ));
+    let apply = sb.run(&["apply", "--yes"]);
+    apply.code(1);
+    let text = format!("{}{}", apply.stdout, apply.stderr);
+    assert!(
+        text.contains("the trainer needs the Python module `lycoris`"),
+        "{text}"
+    );
+    assert!(
+        text.contains("add the package that provides `lycoris`"),
+        "{text}"
+    );
+    assert!(!installed(&sb).exists());
+}
+
+#[test]
+fn an_empty_sd_scripts_folder_is_the_uninitialised_submodule() {
+    let sb = Sandbox::new();
+    fixture(&sb, "dataset/train/spyke");
+    std::fs::remove_dir_all(sb.path("kohya_ss/sd-scripts")).unwrap();
+    std::fs::create_dir_all(sb.path("kohya_ss/sd-scripts")).unwrap();
+    sb.spec(&spec("dataset/train/spyke", ""));
+    let plan = sb.run(&["plan"]);
+    assert!(
+        plan.stdout.contains("submodule was never initialised"),
+        "{}",
+        plan.stdout
+    );
+    let apply = sb.run(&["apply", "--yes"]);
+    apply.code(1);
+    let text = format!("{}{}", apply.stdout, apply.stderr);
+    assert!(
+        text.contains("sd-scripts is empty: kohya_ss's sd-scripts submodule was never initialised"),
+        "{text}"
+    );
+    assert!(text.contains("git submodule update --init"), "{text}");
+}
+
+#[test]
+fn spec_mistakes_in_a_lora_are_reported_together() {
+    let sb = Sandbox::new();
+    sb.spec(
+        r#"
+lora x {
+    trainer "k"
+    venv "v"
+    base-model "m.safetensors"
+    dataset {
+        resolution 512
+        subset { image-dir "d"; repeats 0 }
+    }
+    select "best"
+    mixed-precision "fp32"
+    output "out"
+    install-to "loras/x"
+}
+"#,
+    );
+    let validate = sb.run(&["validate"]);
+    validate.code(1);
+    let text = format!("{}{}", validate.stdout, validate.stderr);
+    assert!(text.contains("`repeats` must be at least 1"), "{text}");
+    assert!(text.contains("`best` is not a valid `select`"), "{text}");
+    assert!(
+        text.contains("`fp32` is not a valid `mixed-precision`"),
+        "{text}"
+    );
+    assert!(
+        text.contains("`install-to` must name a .safetensors file"),
+        "{text}"
+    );
+}
+
+#[test]
+fn mps_and_memory_lints_name_the_setting() {
+    let sb = Sandbox::new();
+    sb.spec(
+        r#"
+platform accelerator=mps memory-gb=16
+lora x {
+    trainer "k"
+    venv "v"
+    base-model "m.safetensors"
+    dataset {
+        resolution 1024
+        batch-size 2
+        subset { image-dir "d"; flip-aug }
+    }
+    mixed-precision "bf16"
+    optimizer "AdamW8bit"
+    cache-latents
+    output "out"
+    allow "mixed-precision-on-mps" "optimizer-8bit-on-mps"
+}
+"#,
+    );
+    let validate = sb.run(&["validate"]);
+    validate.code(0);
+    let text = format!("{}{}", validate.stdout, validate.stderr);
+    for code in ["flip-aug-with-cache-latents", "training-memory"] {
+        assert!(text.contains(code), "{code}: {text}");
+    }
+    assert!(text.contains("batch size 2 on a 16 GB machine"), "{text}");
+    assert!(
+        text.contains("resolution 1024×1024 on a 16 GB machine"),
+        "{text}"
+    );
+    // Without the allows, MPS precision and 8-bit optimizers are errors.
+    let text = sb.read("plasma.kdl").replace(
+        "allow \"mixed-precision-on-mps\" \"optimizer-8bit-on-mps\"",
+        "",
+    );
+    sb.spec(&text);
+    let validate = sb.run(&["validate"]);
+    validate.code(1);
+    let text = format!("{}{}", validate.stdout, validate.stderr);
+    assert!(
+        text.contains("bf16 mixed precision does not train on MPS"),
+        "{text}"
+    );
+    assert!(
+        text.contains("the optimizer AdamW8bit needs bitsandbytes"),
+        "{text}"
+    );
+}
+
+/// The real sd-scripts (3e6935a) in the real stack's venv, on its tiny
+/// dataset, when `PLASMA_REAL_STACK` names the folder `real-stack/setup.sh`
+/// filled; skipped (with the reason printed) otherwise. About 35 s of
+/// start-up and 2–6 s a step on these machines.
+#[test]
+fn real_stack_trains_with_the_real_sd_scripts_and_installs_the_selection() {
+    let Some(rs) = std::env::var_os("PLASMA_REAL_STACK").map(PathBuf::from) else {
+        println!("skipped: PLASMA_REAL_STACK is not set (the real trainer is not on this machine)");
+        return;
+    };
+    let needed = [
+        "sd-scripts/train_network.py",
+        "kohya-venv/bin/accelerate",
+        "kohya-cache",
+        "test-sd15.safetensors",
+        "train/dataset/img/10_spyke",
+    ];
+    if let Some(missing) = needed.iter().find(|p| !rs.join(p).exists()) {
+        println!(
+            "skipped: {} is missing from the real stack",
+            rs.join(missing).display()
+        );
+        return;
+    }
+    let sb = Sandbox::new();
+    sb.write(
+        "accelerate.yaml",
+        "compute_environment: LOCAL_MACHINE\ndistributed_type: 'NO'\nmixed_precision: 'no'\nnum_machines: 1\nnum_processes: 1\nuse_cpu: true\n",
+    );
+    let rs = rs.display();
+    sb.spec(&format!(
+        r#"
+lora tiny {{
+    trainer "{rs}/sd-scripts"
+    venv "{rs}/kohya-venv"
+    base-model "{rs}/test-sd15.safetensors"
+    accelerate-config "accelerate.yaml"
+    dataset {{
+        resolution 64
+        batch-size 1
+        subset {{
+            image-dir "{rs}/train/dataset/img/10_spyke"
+            repeats 10
+            caption-extension ".txt"
+            keep-tokens 1
+            class-tokens spyke
+        }}
+        subset {{
+            image-dir "{rs}/train/dataset/reg/1_person"
+            repeats 1
+            caption-extension ".txt"
+            class-tokens person
+            is-reg #true
+        }}
+    }}
+    network-dim 4
+    network-alpha 2
+    optimizer AdamW
+    learning-rate 1e-4
+    max-steps 6
+    save-every-n-steps 2
+    mixed-precision no
+    save-precision float
+    seed 42
+    tokenizer-cache "{rs}/kohya-cache"
+    env {{
+        HF_HUB_OFFLINE "1"
+    }}
+    output "out" name=tiny
+    select min-loss
+    install-to "comfy/models/loras/tiny.safetensors"
+    allow dataset-prefix-ignored
+}}
+"#
+    ));
+    let started = std::time::Instant::now();
+    let plan = sb.run(&["plan"]);
+    plan.code(0);
+    println!(
+        "plan ({:.1} s):\n{}",
+        started.elapsed().as_secs_f64(),
+        plan.stdout
+    );
+    assert!(
+        plan.stdout
+            .contains("reg 3 images balanced to 40; 80 batches per epoch; max-steps 6 = 6 steps"),
+        "{}",
+        plan.stdout
+    );
+
+    let started = std::time::Instant::now();
+    let apply = sb.run(&["apply", "--yes"]);
+    let seconds = started.elapsed().as_secs_f64();
+    println!("apply ({seconds:.1} s): {}{}", apply.stdout, apply.stderr);
+    apply.code(0);
+    let log = sb.read(".plasma/logs/lora.tiny.log");
+    // The trainer's own numbers equal the plan's.
+    assert!(
+        log.contains("num batches per epoch / 1epochのバッチ数: 80"),
+        "{log}"
+    );
+    assert!(
+        log.contains("total optimization steps / 学習ステップ数: 6"),
+        "{log}"
+    );
+    let state = sb.state();
+    let run = &state["resources"]["lora.tiny"]["outputs"]["run"];
+    println!("recorded: {}", serde_json::to_string_pretty(run).unwrap());
+    assert_eq!(run["total_steps"], 6);
+    let selected = PathBuf::from(run["selected"]["file"].as_str().unwrap());
+    assert_eq!(
+        std::fs::read(sb.path("comfy/models/loras/tiny.safetensors")).unwrap(),
+        std::fs::read(&selected).unwrap()
+    );
+    let show = sb.run(&["show", "lora.tiny"]);
+    println!("{}", show.stdout);
+    sb.run(&["plan", "--detailed-exitcode"]).code(0);
+}

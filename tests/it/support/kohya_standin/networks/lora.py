@@ -1,0 +1,1 @@
+"""STAND-IN for sd-scripts' networks/lora.py: importable, nothing else."""
