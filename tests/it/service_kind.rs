@@ -912,3 +912,44 @@ fn a_systemd_service_plans_its_unit_file_with_values_masked() {
 fn systemd_user_manager_runs() -> bool {
     plasma::service::systemd::user_manager_runs()
 }
+
+#[test]
+fn a_server_plasma_did_not_start_is_left_alone() {
+    let sb = Sandbox::new();
+    let port = free_port();
+    // Someone started a server by hand on the service's port.
+    let mut by_hand = std::process::Command::new("python3")
+        .args([
+            "-m",
+            "http.server",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+        ])
+        .current_dir(sb.root())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while get_status(port, "/") != Some(200) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    sb.spec(&standin_spec(&sb, port, "", "", "").replace("/system_stats\"", "/\""));
+    let plan = sb.run(&["plan", "--detailed-exitcode"]);
+    let json = sb.run(&["plan", "--json"]);
+    let applied = sb.run(&["apply", "--yes"]);
+    let _ = by_hand.kill();
+    let _ = by_hand.wait();
+    plan.code(0);
+    assert!(
+        json.stdout.contains("not started by plasma, left alone"),
+        "{}",
+        plan.stdout
+    );
+    applied.code(0);
+    assert!(
+        !sb.path(".plasma/services/web/record.json").exists(),
+        "nothing was started"
+    );
+}
