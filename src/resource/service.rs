@@ -82,8 +82,8 @@ pub enum Launch {
     },
 }
 
-/// A declared `service`.
-#[derive(Debug, Clone)]
+/// A declared `service`. Its `Debug` shows the environment's names only.
+#[derive(Clone)]
 pub struct Service {
     pub name: String,
     pub span: SourceSpan,
@@ -107,6 +107,20 @@ pub struct Service {
     /// The custom nodes of this ComfyUI (found at `resolve`): the service
     /// starts after them and restarts when one changes.
     pub custom_nodes: Vec<Address>,
+}
+
+impl std::fmt::Debug for Service {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Service")
+            .field("name", &self.name)
+            .field("launch", &self.launch)
+            .field("cwd", &self.cwd)
+            .field("env", &self.env.keys().collect::<Vec<_>>())
+            .field("log", &self.log)
+            .field("health", &self.health_url())
+            .field("manager", &self.manager)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Service {
@@ -517,7 +531,9 @@ pub struct ServiceObserved {
     /// What plasma started last (no environment values).
     pub record: Option<Record>,
     pub running: Running,
-    /// `None`: not asked (not running, or no URL). `Some(Err)`: what went wrong.
+    /// `None`: not asked (plasma's process is not running, or no URL).
+    /// With no record, an answer means a server plasma did not start.
+    /// `Some(Err)`: what went wrong.
     pub health: Option<Result<(), String>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub unit: Option<UnitObserved>,
@@ -722,9 +738,12 @@ impl Kind for Service {
         let manager = self.manager();
         let record = Record::read(&self.record_path())?;
         let running = record.as_ref().map_or(Running::No, service::status);
-        let health = match (&running, self.health_url()) {
-            (Running::Yes { .. }, Some(url)) => Some(health::probe(&health::client(), &url).await),
-            _ => None,
+        // Asked while plasma's own process runs, or when plasma started none:
+        // then an answer means something else already serves there.
+        let ask = running.is_running() || record.is_none();
+        let health = match self.health_url().filter(|_| ask) {
+            Some(url) => Some(health::probe(&health::client(), &url).await),
+            None => None,
         };
         Ok(ServiceObserved {
             manager,
@@ -739,6 +758,19 @@ impl Kind for Service {
         let launch = self.launch();
         let command = service::shell_words(&launch.argv);
         let Some(record) = &observed.record else {
+            if let (Some(Ok(())), Some(url)) = (&observed.health, self.health_url()) {
+                // Not started by plasma (by hand, or by another tool): starting
+                // a second one would only fail to bind. It is left alone.
+                let mut diff = Diff::new(
+                    Action::NoOp,
+                    format!("{url} already answers; not started by plasma, left alone"),
+                );
+                diff.warnings.push(format!(
+                    "a server plasma did not start answers on {url}; stop it and apply \
+                     to have plasma run {command}"
+                ));
+                return diff;
+            }
             let mut diff = Diff::new(
                 Action::Create,
                 format!("start under {}", observed.manager.name()),

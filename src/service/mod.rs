@@ -63,7 +63,8 @@ impl Manager {
 }
 
 /// What the service is to run: the desired command line and environment.
-#[derive(Debug, Clone)]
+/// Its `Debug` shows the environment's names only.
+#[derive(Clone)]
 pub struct Launch {
     /// Names the unit / LaunchAgent (`plasma-NAME`, `dev.plasma.NAME`).
     pub name: String,
@@ -75,6 +76,18 @@ pub struct Launch {
     pub log: PathBuf,
     /// plasma's own folder for this service (record, default log).
     pub run_dir: PathBuf,
+}
+
+impl std::fmt::Debug for Launch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Launch")
+            .field("name", &self.name)
+            .field("argv", &self.argv)
+            .field("cwd", &self.cwd)
+            .field("env", &self.env.keys().collect::<Vec<_>>())
+            .field("log", &self.log)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Launch {

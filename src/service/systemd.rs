@@ -92,7 +92,14 @@ pub async fn start(launch: &Launch) -> Result<Started, ResourceError> {
     let path = unit_path(&launch.name);
     write_unit(&path, &unit_text(launch, false))?;
     let unit = unit_name(&launch.name);
-    run_tool("systemctl", &["--user", "daemon-reload"]).await?;
+    run_tool("systemctl", &["--user", "daemon-reload"])
+        .await
+        .map_err(|e| {
+            e.help(
+                "no user systemd answers here (`systemctl --user` needs one): \
+                 use manager \"auto\" or \"process\"",
+            )
+        })?;
     run_tool("systemctl", &["--user", "enable", &unit]).await?;
     run_tool("systemctl", &["--user", "restart", &unit]).await?;
     let mut record = base_record(launch, Manager::Systemd);
