@@ -86,6 +86,13 @@ pub const UNPINNED_MODEL: Rule = Rule {
               (the digest is recorded then; `plasma pin` writes it into the spec)",
 };
 
+pub const SERVICE_EXPOSED: Rule = Rule {
+    code: "service-exposed",
+    severity: Severity::Error,
+    summary: "ComfyUI has no authentication: listening beyond loopback (bare `--listen`, \
+              0.0.0.0, ::) lets anyone on the network queue work and install nodes on this machine",
+};
+
 /// Every rule, so `allow` can be checked.
 pub const RULES: &[&Rule] = &[
     &FP16_ON_MPS,
@@ -97,6 +104,7 @@ pub const RULES: &[&Rule] = &[
     &SUBMODULES_NOT_INITIALISED,
     &PICKLE_MODEL,
     &UNPINNED_MODEL,
+    &SERVICE_EXPOSED,
 ];
 
 impl Rule {

@@ -13,15 +13,15 @@ pub(super) async fn apply_spec(
 ) -> CommandResult {
     let loaded = load(env)?;
     check_platform(&loaded, ignore_platform)?;
-    let _lock = loaded.state_file.lock(lock_timeout, "apply")?;
-    let state = loaded.state_file.load()?;
+    let _lock = lock_state(&loaded.state_file, lock_timeout, "apply")?;
+    let state = read_state(env, &loaded.state_file)?;
     let mut targets = observe.targets.clone();
     if !targets.is_empty() {
         targets.extend(rerun.iter().cloned());
     }
     let selected = engine::select(&loaded, &targets)?;
     let results = engine::observe(&loaded, state.as_ref(), &observe.options(), &selected).await;
-    let mut plan = engine::make_plan(&loaded, &results, state.as_ref());
+    let mut plan = engine::make_plan(&loaded, &results, state.as_ref(), options.prune);
     for address in rerun {
         engine::force_run(&loaded, &mut plan, address)?;
     }
@@ -43,6 +43,8 @@ pub(super) async fn apply_spec(
         }
         return Ok(EXIT_OK);
     }
+    // Before anything changes (and before asking): the state must be writable.
+    loaded.state_file.check_writable(state.as_ref())?;
     if !yes {
         confirm()?;
     }
@@ -102,6 +104,13 @@ pub(super) async fn apply_saved(
     lock_timeout: Duration,
     ignore_platform: bool,
 ) -> CommandResult {
+    if options.prune {
+        return Err(Failure::Message(format!(
+            "a saved plan already says what it deletes; make it with `plasma plan --prune --out {}` \
+             instead of passing --prune to apply (nothing was changed)",
+            file.display()
+        )));
+    }
     let text = std::fs::read(file)
         .map_err(|e| Failure::Message(format!("cannot read the plan {}: {e}", file.display())))?;
     let saved: Plan = serde_json::from_slice(&text).map_err(|e| {
@@ -136,8 +145,8 @@ pub(super) async fn apply_saved(
             loaded.spec.path.display()
         )));
     }
-    let _lock = loaded.state_file.lock(lock_timeout, "apply")?;
-    let state = loaded.state_file.load()?;
+    let _lock = lock_state(&loaded.state_file, lock_timeout, "apply")?;
+    let state = read_state(env, &loaded.state_file)?;
     let lineage = state.as_ref().map(|s| s.lineage.clone());
     let serial = state.as_ref().map_or(0, |s| s.serial);
     if lineage != saved.basis.state_lineage || serial != saved.basis.state_serial {
@@ -176,6 +185,7 @@ pub(super) async fn apply_saved(
         }
         observations.push(observation);
     }
+    loaded.state_file.check_writable(state.as_ref())?;
     println!("Applying the saved plan {}.", file.display());
     run_apply(env, &loaded, &saved, &observations, state, options).await
 }
@@ -192,6 +202,7 @@ impl Progress for Printer {
             Action::Replace => "Replacing",
             Action::Run => "Running",
             Action::Forget => "Forgetting",
+            Action::Delete => "Deleting",
             Action::NoOp => "Checking",
         };
         println!("{address}: {verb}...");
@@ -206,6 +217,7 @@ impl Progress for Printer {
                     Action::Replace => "Replaced",
                     Action::Run => "Ran",
                     Action::Forget => "Forgotten",
+                    Action::Delete => "Deleted",
                     Action::NoOp => "Unchanged",
                 };
                 println!("{address}: {} [{seconds:.1}s]", self.style.green(verb));

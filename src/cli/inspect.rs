@@ -65,7 +65,7 @@ pub(super) fn show_platform(json: bool) -> CommandResult {
 
 pub(super) async fn show(env: &Env, address: &str, json: bool) -> CommandResult {
     let loaded = load(env)?;
-    let state = loaded.state_file.load()?;
+    let state = read_state(env, &loaded.state_file)?;
     let Some(index) = loaded
         .spec
         .resources
@@ -168,9 +168,9 @@ pub(super) fn state_command(env: &Env, cmd: StateCommand) -> CommandResult {
         Some(p) => crate::state::StateFile { path: p.clone() },
         None => crate::state::StateFile::beside(spec.parent().unwrap_or(Path::new("."))),
     };
-    let state = state_file.load()?;
     match cmd {
         StateCommand::List => {
+            let state = read_state(env, &state_file)?;
             for (address, entry) in state.iter().flat_map(|s| &s.resources) {
                 println!(
                     "{address}\t{}",
@@ -182,6 +182,7 @@ pub(super) fn state_command(env: &Env, cmd: StateCommand) -> CommandResult {
             Ok(EXIT_OK)
         }
         StateCommand::Show { address } => {
+            let state = read_state(env, &state_file)?;
             let entry = state
                 .as_ref()
                 .and_then(|s| s.resources.get(&address))
@@ -193,15 +194,29 @@ pub(super) fn state_command(env: &Env, cmd: StateCommand) -> CommandResult {
             address,
             lock_timeout,
         } => {
-            let _lock = state_file.lock(lock_timeout, "state rm")?;
-            let mut state = state_file
-                .load()?
+            let _lock = lock_state(&state_file, lock_timeout, "state rm")?;
+            let mut state = read_state(env, &state_file)?
                 .ok_or_else(|| Failure::Message("there is no state yet".into()))?;
             if state.resources.remove(&address).is_none() {
                 return Err(Failure::Message(format!("`{address}` is not in the state")));
             }
             state_file.save(&mut state)?;
             println!("Removed {address} from the state (its files are kept).");
+            Ok(EXIT_OK)
+        }
+        StateCommand::Restore {
+            force,
+            lock_timeout,
+        } => {
+            let _lock = lock_state(&state_file, lock_timeout, "state restore")?;
+            let restored = state_file.restore(force)?;
+            println!(
+                "Restored the state from {} ({} resources, lineage {}, now serial {}).",
+                state_file.backup_path().display(),
+                restored.resources.len(),
+                restored.lineage,
+                restored.serial
+            );
             Ok(EXIT_OK)
         }
     }

@@ -48,6 +48,10 @@ pub struct Cli {
     /// The state file (default: .plasma/state.json beside the spec).
     #[arg(long, global = true)]
     pub state: Option<PathBuf>,
+    /// Start a new state when the state file is missing, even though its
+    /// backup is there (otherwise an error offers `plasma state restore`).
+    #[arg(long, global = true)]
+    pub new_state: bool,
     /// When to use colour.
     #[arg(long, global = true, value_enum, default_value_t = ColorChoice::Auto)]
     pub color: ColorChoice,
@@ -91,6 +95,10 @@ pub enum Command {
         /// Exit 0 when converged, 2 when there are changes, 1 on error.
         #[arg(long)]
         detailed_exitcode: bool,
+        /// Plan as `apply --prune` would: removed resources that plasma
+        /// created are deletes, with their paths.
+        #[arg(long)]
+        prune: bool,
         #[arg(long)]
         json: bool,
     },
@@ -126,6 +134,9 @@ pub enum Command {
         verify: bool,
         #[arg(long)]
         json: bool,
+        /// Print nothing when the machine matches (for cron: mail only on drift).
+        #[arg(long, short = 'q', conflicts_with = "json")]
+        quiet: bool,
     },
     /// Print the resource graph in Graphviz DOT.
     Graph,
@@ -180,6 +191,15 @@ pub enum StateCommand {
         #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
         lock_timeout: Duration,
     },
+    /// Put the backup (state.json.backup, the state before the last write)
+    /// back in place of a missing state.
+    Restore {
+        /// Replace an existing (e.g. unreadable) state too.
+        #[arg(long)]
+        force: bool,
+        #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
+        lock_timeout: Duration,
+    },
 }
 
 /// A command's failure, already worded for the user.
@@ -210,6 +230,7 @@ type CommandResult = Result<u8, Failure>;
 struct Env {
     cli_file: Option<PathBuf>,
     state: Option<PathBuf>,
+    new_state: bool,
     style: Style,
     stderr_color: bool,
 }
@@ -232,6 +253,7 @@ pub fn main() -> ExitCode {
     let env = Env {
         cli_file: cli.file,
         state: cli.state,
+        new_state: cli.new_state,
         style,
         stderr_color,
     };
@@ -267,8 +289,19 @@ async fn dispatch(command: Command, env: &Env) -> CommandResult {
             observe,
             out,
             detailed_exitcode,
+            prune,
             json,
-        } => plan(env, &observe, out.as_deref(), detailed_exitcode, json).await,
+        } => {
+            plan(
+                env,
+                &observe,
+                out.as_deref(),
+                detailed_exitcode,
+                prune,
+                json,
+            )
+            .await
+        }
         Command::Apply {
             plan_file,
             observe,
@@ -301,7 +334,11 @@ async fn dispatch(command: Command, env: &Env) -> CommandResult {
                 }
             }
         }
-        Command::Drift { verify, json } => drift(env, verify, json).await,
+        Command::Drift {
+            verify,
+            json,
+            quiet,
+        } => drift(env, verify, json, quiet).await,
         Command::Graph => {
             let loaded = load(env)?;
             print!("{}", loaded.graph.to_dot(&loaded.spec));
@@ -334,6 +371,30 @@ fn load(env: &Env) -> Result<Loaded, Failure> {
         eprint!("{}", diagnostic::render(&loaded.warnings, env.stderr_color));
     }
     Ok(loaded)
+}
+
+/// The state, as `--new-state` allows: a missing state with a backup is an
+/// error unless the user asked to start over.
+fn read_state(env: &Env, state_file: &crate::state::StateFile) -> Result<Option<State>, Failure> {
+    Ok(if env.new_state {
+        state_file.load_fresh()?
+    } else {
+        state_file.load()?
+    })
+}
+
+/// Takes the state lock, saying so when it was taken over from a plasma
+/// that ended without releasing it.
+fn lock_state(
+    state_file: &crate::state::StateFile,
+    timeout: Duration,
+    command: &str,
+) -> Result<crate::state::StateLock, Failure> {
+    let lock = state_file.lock(timeout, command)?;
+    if let Some(warning) = lock.takeover_warning() {
+        eprintln!("Warning: {warning}");
+    }
+    Ok(lock)
 }
 
 fn print_json<T: serde::Serialize>(value: &T) {

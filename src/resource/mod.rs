@@ -149,6 +149,19 @@ pub trait Kind: Send + Sync + 'static {
     /// something from the resources they reference (a custom node's folder
     /// lies inside its ComfyUI repo).
     fn resolve(&mut self, _others: &Others<'_>) {}
+
+    /// Resources this one depends on without naming them, found at
+    /// `resolve` (a ComfyUI service on the custom nodes of its clone).
+    fn implied_dependencies(&self) -> Vec<Address> {
+        Vec::new()
+    }
+
+    /// The plan's say on a resource whose dependencies (direct or not)
+    /// `changed` in this plan: a kind that must react (a service restarts to
+    /// load them) returns its diff adjusted. Addresses are `kind.name`.
+    fn dependencies_changed(&self, diff: Diff, _changed: &[String]) -> Diff {
+        diff
+    }
 }
 
 /// The other resources of a spec, as seen from one being resolved.
@@ -190,6 +203,8 @@ pub trait Resource: Send + Sync {
     fn outputs(&self, observed: &Observation) -> Outputs;
     fn lint(&self, cx: &LintContext<'_>) -> Vec<Lint>;
     fn resolve(&mut self, others: &Others<'_>);
+    fn implied_dependencies(&self) -> Vec<Address>;
+    fn dependencies_changed(&self, diff: Diff, changed: &[String]) -> Diff;
     fn show(&self) -> Option<String>;
     fn as_any(&self) -> &dyn Any;
 }
@@ -246,6 +261,14 @@ impl<K: Kind> Resource for K {
         Kind::resolve(self, others)
     }
 
+    fn implied_dependencies(&self) -> Vec<Address> {
+        Kind::implied_dependencies(self)
+    }
+
+    fn dependencies_changed(&self, diff: Diff, changed: &[String]) -> Diff {
+        Kind::dependencies_changed(self, diff, changed)
+    }
+
     fn show(&self) -> Option<String> {
         Kind::show(self)
     }
@@ -273,6 +296,26 @@ pub const KINDS: &[&str] = &[
     service::Service::KIND,
     benchmark::Benchmark::KIND,
 ];
+
+/// What [`prune_forgotten`] would do for this resource, for the plan
+/// (`stop the service plasma started`); `None` when it does nothing.
+pub fn prune_work(entry: &ResourceState) -> Option<&'static str> {
+    match entry.kind.as_str() {
+        service::Service::KIND if entry.outputs.contains_key("record") => {
+            Some("stop the service plasma started and remove its unit")
+        }
+        _ => None,
+    }
+}
+
+/// Work a kind does when `apply --prune` drops one of its resources, before
+/// its files are deleted (a service is stopped and unloaded).
+pub async fn prune_forgotten(entry: &ResourceState) -> Result<(), ResourceError> {
+    match entry.kind.as_str() {
+        service::Service::KIND => service::prune(entry).await,
+        _ => Ok(()),
+    }
+}
 
 /// Parses a resource node of the given kind; `None` when its fields had errors
 /// (already reported through the reader) or the kind is unknown.

@@ -13,15 +13,25 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use async_trait::async_trait;
 use miette::SourceSpan;
 use reqwest::Url;
+use serde::Serialize;
+use serde_json::{Value, json};
 
+use super::custom_node::CustomNode;
 use super::repo::Repo;
 use super::venv::Venv;
-use super::{Kind, Others};
+use super::{ApplyContext, Kind, ObserveContext, Others, Outputs, ResourceError};
 use crate::diagnostic::Problem;
+use crate::lint::{Lint, LintContext};
+use crate::plan::{Action, Diff};
+use crate::service::{
+    self, Launch as ServiceLaunch, Manager, Record, Running, health, launchd, systemd,
+};
 use crate::spec::reader::NodeReader;
-use crate::spec::{Reference, Spanned};
+use crate::spec::{Address, Reference, Spanned};
+use crate::state::ResourceState;
 
 /// ComfyUI's port when `--port` is not given (its `cli_args.py` default).
 pub const COMFYUI_DEFAULT_PORT: u16 = 8188;
@@ -92,6 +102,11 @@ pub struct Service {
     /// The folder plasma keeps this service's own records in
     /// (`<spec dir>/.plasma/services/NAME/`).
     pub run_dir: PathBuf,
+    /// The spec's folder: a `command` service's default working folder.
+    pub spec_dir: PathBuf,
+    /// The custom nodes of this ComfyUI (found at `resolve`): the service
+    /// starts after them and restarts when one changes.
+    pub custom_nodes: Vec<Address>,
 }
 
 impl Service {
@@ -200,6 +215,8 @@ impl Service {
             timeout: timeout.unwrap_or(DEFAULT_HEALTH_TIMEOUT),
             manager,
             run_dir,
+            spec_dir: r.cx.spec_dir.to_path_buf(),
+            custom_nodes: Vec::new(),
         })
     }
 
@@ -265,11 +282,7 @@ impl Service {
             Launch::ComfyUi {
                 clone: Some(clone), ..
             } => clone.clone(),
-            _ => self
-                .run_dir
-                .ancestors()
-                .nth(3)
-                .map_or_else(|| PathBuf::from("."), Path::to_path_buf),
+            _ => self.spec_dir.clone(),
         }
     }
 
@@ -470,8 +483,501 @@ impl Service {
             *venv_path = others
                 .get::<Venv>(&venv.address)
                 .map(|v| v.path().to_path_buf());
+            self.custom_nodes = others
+                .resources
+                .iter()
+                .filter(|(_, r)| {
+                    r.as_any()
+                        .downcast_ref::<CustomNode>()
+                        .is_some_and(|n| n.comfyui.address == comfyui.address)
+                })
+                .map(|(a, _)| (*a).clone())
+                .collect();
         }
     }
+}
+
+/// The unit file or plist as found, against what the spec makes of it.
+#[derive(Debug, Serialize)]
+pub struct UnitObserved {
+    pub path: PathBuf,
+    /// The file's text equals the desired text.
+    pub matches: bool,
+    /// A unified diff with environment values masked; `None` when it matches.
+    #[serde(skip)]
+    pub masked_diff: Option<String>,
+}
+
+/// What observation found: the record of the last start, whether that
+/// process runs, its health answer, and the unit file or plist.
+#[derive(Debug, Serialize)]
+pub struct ServiceObserved {
+    /// The manager this spec asks for on this machine (`auto` resolved).
+    pub manager: Manager,
+    /// What plasma started last (no environment values).
+    pub record: Option<Record>,
+    pub running: Running,
+    /// `None`: not asked (not running, or no URL). `Some(Err)`: what went wrong.
+    pub health: Option<Result<(), String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unit: Option<UnitObserved>,
+}
+
+impl Service {
+    /// The manager for this machine: the spec's, or `auto` resolved.
+    pub fn manager(&self) -> Manager {
+        match self.manager {
+            ManagerChoice::Auto => Manager::detect(),
+            ManagerChoice::Systemd => Manager::Systemd,
+            ManagerChoice::Launchd => Manager::Launchd,
+            ManagerChoice::Process => Manager::Process,
+        }
+    }
+
+    /// What to start: command line, folder, environment, log.
+    pub fn launch(&self) -> ServiceLaunch {
+        ServiceLaunch {
+            name: self.name.clone(),
+            argv: self.argv(),
+            cwd: self.working_dir(),
+            env: self.env.clone(),
+            log: self.log.clone(),
+            run_dir: self.run_dir.clone(),
+        }
+    }
+
+    fn record_path(&self) -> PathBuf {
+        self.run_dir.join(service::RECORD_FILE)
+    }
+
+    /// The unit file or plist this spec makes, and its path (`process`: none).
+    fn unit(
+        &self,
+        manager: Manager,
+        mask: bool,
+    ) -> Result<Option<(PathBuf, String)>, ResourceError> {
+        let launch = self.launch();
+        Ok(match manager {
+            Manager::Process => None,
+            Manager::Systemd => Some((
+                systemd::unit_path(&self.name),
+                systemd::unit_text(&launch, mask),
+            )),
+            Manager::Launchd => Some((
+                launchd::plist_path(&self.name),
+                launchd::plist_text(&launch, mask)?,
+            )),
+        })
+    }
+
+    fn observe_unit(&self, manager: Manager) -> Result<Option<UnitObserved>, ResourceError> {
+        let Some((path, desired)) = self.unit(manager, false)? else {
+            return Ok(None);
+        };
+        let found = match std::fs::read_to_string(&path) {
+            Ok(text) => Some(text),
+            Err(e) if crate::fsutil::is_absent(&e) => None,
+            Err(e) => return Err(ResourceError::io("cannot read", &path, e)),
+        };
+        let matches = found.as_deref() == Some(desired.as_str());
+        let masked_diff = if matches {
+            None
+        } else {
+            let masked_desired = self
+                .unit(manager, true)?
+                .map(|(_, t)| t)
+                .unwrap_or_default();
+            let masked_found = found
+                .as_deref()
+                .map(|t| mask_unit(manager, t))
+                .unwrap_or_default();
+            Some(
+                similar::TextDiff::from_lines(&masked_found, &masked_desired)
+                    .unified_diff()
+                    .header(&path.display().to_string(), &path.display().to_string())
+                    .to_string(),
+            )
+        };
+        Ok(Some(UnitObserved {
+            path,
+            matches,
+            masked_diff,
+        }))
+    }
+
+    /// Fails early, with what to do, when what the service runs is not there.
+    /// ComfyUI v0.3.27 dies at start without a `custom_nodes/` folder, which
+    /// its own tree does not carry (it is in its .gitignore): it is made here.
+    fn prepare(&self, launch: &ServiceLaunch) -> Result<(), ResourceError> {
+        if !launch.cwd.is_dir() {
+            return Err(ResourceError::new(format!(
+                "the service's folder {} does not exist",
+                launch.cwd.display()
+            ))
+            .help("apply the resources it runs from first, or fix `cwd`"));
+        }
+        if let Launch::ComfyUi { comfyui, venv, .. } = &self.launch {
+            if !launch.cwd.join("main.py").is_file() {
+                return Err(ResourceError::new(format!(
+                    "{} has no main.py: it is not a ComfyUI clone",
+                    launch.cwd.display()
+                ))
+                .help(format!("check {} (its url and rev)", comfyui.address)));
+            }
+            let python = Path::new(&launch.argv[0]);
+            if !python.exists() {
+                return Err(
+                    ResourceError::new(format!("{} does not exist", python.display()))
+                        .help(format!("apply {} first", venv.address)),
+                );
+            }
+            let nodes = launch.cwd.join("custom_nodes");
+            std::fs::create_dir_all(&nodes)
+                .map_err(|e| ResourceError::io("cannot create", &nodes, e))?;
+        }
+        Ok(())
+    }
+}
+
+/// Replaces environment values in a unit file or plist found on disk, for plans.
+fn mask_unit(manager: Manager, text: &str) -> String {
+    match manager {
+        Manager::Systemd => text
+            .lines()
+            .map(|line| match line.strip_prefix("Environment=") {
+                Some(rest) => {
+                    let key = rest.trim_start_matches('"').split('=').next().unwrap_or("");
+                    format!("Environment=\"{key}={}\"\n", systemd::MASK)
+                }
+                None => format!("{line}\n"),
+            })
+            .collect(),
+        Manager::Launchd => {
+            let Ok(mut value) = plist::Value::from_reader_xml(text.as_bytes()) else {
+                return "(not a readable plist)\n".to_string();
+            };
+            if let Some(env) = value
+                .as_dictionary_mut()
+                .and_then(|d| d.get_mut("EnvironmentVariables"))
+                .and_then(plist::Value::as_dictionary_mut)
+            {
+                for (_, v) in env.iter_mut() {
+                    *v = plist::Value::String(launchd::MASK.to_string());
+                }
+            }
+            let mut bytes = Vec::new();
+            let _ = value.to_writer_xml(&mut bytes);
+            bytes.push(b'\n');
+            String::from_utf8_lossy(&bytes).into_owned()
+        }
+        Manager::Process => String::new(),
+    }
+}
+
+fn list_or_none(items: &[String]) -> String {
+    if items.is_empty() {
+        "(none)".to_string()
+    } else {
+        items.join(", ")
+    }
+}
+
+#[async_trait]
+impl Kind for Service {
+    type Observed = ServiceObserved;
+    const KIND: &'static str = "service";
+
+    fn desired(&self) -> Value {
+        json!({
+            "command": self.argv(),
+            "cwd": self.working_dir(),
+            "env": self.env.keys().collect::<Vec<_>>(),
+            "env_digest": service::env_digest(&self.env),
+            "log": self.log,
+            "health": self.health_url(),
+            "timeout_seconds": self.timeout.as_secs_f64(),
+            "manager": self.manager,
+        })
+    }
+
+    fn owned_paths(&self) -> Vec<PathBuf> {
+        let mut paths = vec![self.run_dir.clone()];
+        match self.manager() {
+            Manager::Systemd => paths.push(systemd::unit_path(&self.name)),
+            Manager::Launchd => paths.push(launchd::plist_path(&self.name)),
+            Manager::Process => {}
+        }
+        paths
+    }
+
+    fn resolve(&mut self, others: &Others<'_>) {
+        self.resolve_from(others);
+    }
+
+    fn implied_dependencies(&self) -> Vec<Address> {
+        self.custom_nodes.clone()
+    }
+
+    async fn observe(&self, _cx: &ObserveContext<'_>) -> Result<ServiceObserved, ResourceError> {
+        let manager = self.manager();
+        let record = Record::read(&self.record_path())?;
+        let running = record.as_ref().map_or(Running::No, service::status);
+        let health = match (&running, self.health_url()) {
+            (Running::Yes { .. }, Some(url)) => Some(health::probe(&health::client(), &url).await),
+            _ => None,
+        };
+        Ok(ServiceObserved {
+            manager,
+            unit: self.observe_unit(manager)?,
+            record,
+            running,
+            health,
+        })
+    }
+
+    fn diff(&self, observed: &ServiceObserved, _prior: Option<&ResourceState>) -> Diff {
+        let launch = self.launch();
+        let command = service::shell_words(&launch.argv);
+        let Some(record) = &observed.record else {
+            let mut diff = Diff::new(
+                Action::Create,
+                format!("start under {}", observed.manager.name()),
+            )
+            .attribute("command", None, Some(command));
+            if let Some(url) = self.health_url() {
+                diff = diff.attribute("health", None, Some(url));
+            }
+            if let Some(unit) = &observed.unit {
+                diff.content_diff = unit.masked_diff.clone();
+            }
+            return diff;
+        };
+        let mut reasons = Vec::new();
+        let mut diff = Diff::no_op();
+        match &observed.running {
+            Running::Yes { .. } => {}
+            Running::No => {
+                reasons.push("not running".to_string());
+                diff = diff.attribute("running", Some("no".into()), Some("yes".into()));
+            }
+            Running::PidReused { pid } => {
+                reasons.push(format!("not running (pid {pid} is now another process)"));
+                diff = diff.attribute("running", Some("no".into()), Some("yes".into()));
+            }
+        }
+        let running = observed.running.is_running();
+        let mut changed = Vec::new();
+        if record.manager != observed.manager {
+            changed.push("manager");
+            diff = diff.attribute(
+                "manager",
+                Some(record.manager.name().into()),
+                Some(observed.manager.name().into()),
+            );
+        }
+        if record.argv != launch.argv {
+            changed.push("command");
+            diff = diff.attribute(
+                "command",
+                Some(service::shell_words(&record.argv)),
+                Some(command),
+            );
+        }
+        if record.cwd != launch.cwd {
+            changed.push("working folder");
+            diff = diff.attribute(
+                "cwd",
+                Some(record.cwd.display().to_string()),
+                Some(launch.cwd.display().to_string()),
+            );
+        }
+        if record.env_digest != launch.env_digest() {
+            changed.push("environment");
+            let keys: Vec<String> = launch.env.keys().cloned().collect();
+            let (old, new) = if record.env_keys == keys {
+                (
+                    "(values not shown)".to_string(),
+                    "(changed values)".to_string(),
+                )
+            } else {
+                (list_or_none(&record.env_keys), list_or_none(&keys))
+            };
+            diff = diff.attribute("env", Some(old), Some(new));
+        }
+        if record.log != launch.log {
+            changed.push("log");
+            diff = diff.attribute(
+                "log",
+                Some(record.log.display().to_string()),
+                Some(launch.log.display().to_string()),
+            );
+        }
+        if let Some(unit) = observed.unit.as_ref().filter(|u| !u.matches) {
+            if changed.is_empty() {
+                changed.push(match observed.manager {
+                    Manager::Launchd => "plist",
+                    _ => "unit file",
+                });
+            }
+            diff.content_diff = unit.masked_diff.clone();
+        }
+        if !changed.is_empty() {
+            let what = format!("{} changed", changed.join(", "));
+            reasons.push(if running {
+                format!("restart: {what}")
+            } else {
+                what
+            });
+        }
+        if let Some(Err(why)) = &observed.health {
+            reasons.push(format!("restart: unhealthy ({why})"));
+            diff = diff.attribute("health", Some(why.clone()), Some("healthy".into()));
+        }
+        if reasons.is_empty() {
+            return diff;
+        }
+        if !running {
+            reasons[0] = format!("start: {}", reasons[0]);
+        }
+        diff.action = Action::Update;
+        diff.reason = reasons.join("; ");
+        diff
+    }
+
+    fn dependencies_changed(&self, mut diff: Diff, changed: &[String]) -> Diff {
+        // A service not yet started, or starting anyway, loads everything afresh.
+        if changed.is_empty() || diff.action == Action::Create {
+            return diff;
+        }
+        let reason = format!("restart: {} changed", changed.join(", "));
+        if diff.action.is_change() {
+            diff.reason = format!("{}; {reason}", diff.reason);
+        } else {
+            diff.action = Action::Update;
+            diff.reason = reason;
+        }
+        diff
+    }
+
+    async fn apply(
+        &self,
+        observed: &ServiceObserved,
+        cx: &ApplyContext<'_>,
+    ) -> Result<Outputs, ResourceError> {
+        let launch = self.launch();
+        self.prepare(&launch)?;
+        // Whatever runs from the last start goes first (under its own manager).
+        if let Some(record) = Record::read(&self.record_path())?.or(observed.record.clone()) {
+            service::stop(&record).await?;
+        }
+        let mut started = service::start(&launch, observed.manager).await?;
+        let url = self.health_url();
+        if let Err(e) = health::wait(url.as_deref(), self.timeout, &mut started).await {
+            let tail = service::log_tail(&self.log, 20);
+            let message = if tail.is_empty() {
+                format!("{}\n(the log {} is empty)", e.message, self.log.display())
+            } else {
+                format!(
+                    "{}\nlast lines of {}:\n{tail}",
+                    e.message,
+                    self.log.display()
+                )
+            };
+            return Err(ResourceError::new(message).help(format!(
+                "the whole log is {}; fix the cause and apply again",
+                self.log.display()
+            )));
+        }
+        let _ = cx;
+        Ok(self.record_outputs(&started.record))
+    }
+
+    fn outputs(&self, observed: &ServiceObserved) -> Outputs {
+        match &observed.record {
+            Some(record) => self.record_outputs(record),
+            None => Outputs::new(),
+        }
+    }
+
+    fn lint(&self, _cx: &LintContext<'_>) -> Vec<Lint> {
+        self.exposed_lint().into_iter().collect()
+    }
+}
+
+impl Service {
+    /// What state keeps: enough to find and stop the service once it has
+    /// left the spec (`apply --prune`).
+    fn record_outputs(&self, record: &Record) -> Outputs {
+        let mut out = Outputs::new();
+        out.insert("manager".into(), json!(record.manager));
+        out.insert("record".into(), json!(self.record_path()));
+        out.insert("log".into(), json!(record.log));
+        if let Some(pid) = record.pid {
+            out.insert("pid".into(), json!(pid));
+        }
+        if let Some(unit) = &record.unit {
+            out.insert("unit".into(), json!(unit));
+        }
+        if let Some(url) = self.base_url() {
+            out.insert("base_url".into(), json!(url));
+        }
+        out
+    }
+
+    /// `service-exposed`: ComfyUI has no authentication; listening beyond
+    /// loopback lets anyone on the network run code on this machine.
+    fn exposed_lint(&self) -> Option<Lint> {
+        let args = self.comfyui_args()?;
+        let words: Vec<&str> = args.iter().map(|a| a.value.as_str()).collect();
+        let Listen::Hosts(hosts) = comfyui_listen(&words) else {
+            return None;
+        };
+        let exposed: Vec<&String> = hosts.iter().filter(|h| is_beyond_loopback(h)).collect();
+        if exposed.is_empty() {
+            return None;
+        }
+        let span = args
+            .iter()
+            .rev()
+            .find(|a| a.value.starts_with("--listen"))
+            .map_or(self.span, |a| a.span);
+        let hosts: Vec<&str> = exposed.iter().map(|h| h.as_str()).collect();
+        Some(crate::lint::SERVICE_EXPOSED.at(
+            span,
+            format!(
+                "ComfyUI would listen on {} (beyond this machine), without authentication",
+                hosts.join(", ")
+            ),
+            "listens beyond loopback",
+            "write `--listen 127.0.0.1` (and reach it remotely through an SSH tunnel), \
+             or `allow service-exposed` on a trusted network",
+        ))
+    }
+}
+
+/// Stops a service that has left the spec and deletes what plasma created for
+/// it, from what its state entry recorded (`apply --prune`): the record
+/// proves plasma started it, whether or not state marks it as created.
+pub async fn prune(entry: &ResourceState) -> Result<(), ResourceError> {
+    let Some(path) = entry.outputs.get("record").and_then(Value::as_str) else {
+        return Ok(());
+    };
+    let path = PathBuf::from(path);
+    if let Some(record) = Record::read(&path)? {
+        service::remove(&record, &path).await?;
+    }
+    // plasma's own folder for the service (`.plasma/services/NAME/`).
+    if let Some(run_dir) = path
+        .parent()
+        .filter(|d| d.parent().and_then(Path::file_name) == Some("services".as_ref()))
+    {
+        match std::fs::remove_dir_all(run_dir) {
+            Ok(()) => {}
+            Err(e) if crate::fsutil::is_absent(&e) => {}
+            Err(e) => return Err(ResourceError::io("cannot delete", run_dir, e)),
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -508,85 +1014,5 @@ mod tests {
         assert!(is_beyond_loopback("192.168.1.4"));
         assert_eq!(connect_host(&["0.0.0.0".into(), "::".into()]), "127.0.0.1");
         assert_eq!(connect_host(&["::".into()]), "[::1]");
-    }
-}
-
-/// What observation found (first version: the health answer only).
-#[derive(Debug, serde::Serialize)]
-pub struct ServiceObserved {
-    /// The health URL's answer: `None` when there is no URL to ask.
-    pub healthy: Option<bool>,
-}
-
-#[async_trait::async_trait]
-impl Kind for Service {
-    type Observed = ServiceObserved;
-    const KIND: &'static str = "service";
-
-    fn desired(&self) -> serde_json::Value {
-        serde_json::json!({
-            "command": self.argv(),
-            "cwd": self.working_dir(),
-            "env": self.env.keys().collect::<Vec<_>>(),
-            "log": self.log,
-            "health": self.health_url(),
-            "timeout_seconds": self.timeout.as_secs_f64(),
-            "manager": self.manager,
-        })
-    }
-
-    fn owned_paths(&self) -> Vec<PathBuf> {
-        vec![self.run_dir.clone()]
-    }
-
-    fn resolve(&mut self, others: &Others<'_>) {
-        self.resolve_from(others);
-    }
-
-    async fn observe(
-        &self,
-        _cx: &super::ObserveContext<'_>,
-    ) -> Result<ServiceObserved, super::ResourceError> {
-        let healthy = match self.health_url() {
-            None => None,
-            Some(url) => Some(
-                reqwest::Client::new()
-                    .get(url)
-                    .timeout(Duration::from_secs(2))
-                    .send()
-                    .await
-                    .is_ok_and(|r| r.status().is_success()),
-            ),
-        };
-        Ok(ServiceObserved { healthy })
-    }
-
-    fn diff(
-        &self,
-        observed: &ServiceObserved,
-        _prior: Option<&crate::state::ResourceState>,
-    ) -> crate::plan::Diff {
-        match observed.healthy {
-            Some(true) => crate::plan::Diff::no_op(),
-            _ => crate::plan::Diff::new(crate::plan::Action::Create, "not running"),
-        }
-    }
-
-    async fn apply(
-        &self,
-        _observed: &ServiceObserved,
-        _cx: &super::ApplyContext<'_>,
-    ) -> Result<super::Outputs, super::ResourceError> {
-        Err(super::ResourceError::new(
-            "starting services is not implemented in this build yet",
-        ))
-    }
-
-    fn outputs(&self, _observed: &ServiceObserved) -> super::Outputs {
-        let mut out = super::Outputs::new();
-        if let Some(url) = self.base_url() {
-            out.insert("base_url".into(), url.into());
-        }
-        out
     }
 }

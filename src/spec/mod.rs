@@ -156,10 +156,10 @@ pub fn load(path: &Path, text: String) -> Result<Spec, SpecErrors> {
         || path.display().to_string(),
         |n| n.to_string_lossy().into_owned(),
     );
-    // Diagnostics quote the spec; they quote it with URL credentials masked.
+    // Diagnostics quote the spec with URL secrets masked (crate::redact).
     let source: Source = Arc::new(NamedSource::new(
         display_name,
-        Arc::new(mask_url_credentials(&text)),
+        Arc::new(crate::redact::mask_in_place(&text)),
     ));
     let dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
 
@@ -536,25 +536,6 @@ fn check_allow(code: &Spanned<String>, cx: &LoadContext<'_>) {
     cx.report(p);
 }
 
-/// The text with the user-info of every `scheme://user:secret@host` URL
-/// replaced by `*`, byte for byte, so spans into the original still fit.
-fn mask_url_credentials(text: &str) -> String {
-    let mut out = text.to_string();
-    let mut search = 0;
-    while let Some(found) = text[search..].find("://") {
-        let start = search + found + 3;
-        // User-info ends at `@`, before any `/`, quote or white space.
-        let end = text[start..]
-            .find(|c: char| c == '@' || c == '/' || c == '"' || c.is_whitespace())
-            .map(|i| start + i);
-        if let Some(at) = end.filter(|&i| text[i..].starts_with('@')) {
-            out.replace_range(start..at, &"*".repeat(at - start));
-        }
-        search = start;
-    }
-    out
-}
-
 /// Lets each resource take what it needs from the others.
 fn resolve_resources(resources: &mut [Declared]) {
     for i in 0..resources.len() {
@@ -568,6 +549,16 @@ fn resolve_resources(resources: &mut [Declared]) {
                 .collect(),
         };
         this.resource.resolve(&others);
+    }
+    for declared in resources.iter_mut() {
+        for address in declared.resource.implied_dependencies() {
+            if !declared.depends_on.iter().any(|r| r.address == address) {
+                declared.depends_on.push(Reference {
+                    address,
+                    span: declared.span,
+                });
+            }
+        }
     }
 }
 
@@ -593,21 +584,5 @@ fn check_references(resources: &[Loading], problems: &mut Vec<Problem>) {
             }
             problems.push(p);
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::mask_url_credentials;
-
-    #[test]
-    fn url_credentials_are_masked_in_place() {
-        let text = "url \"https://alice:t0ken@host/x\" other \"ssh://git@h:r\" plain \"a@b\"";
-        let masked = mask_url_credentials(text);
-        assert_eq!(masked.len(), text.len());
-        assert_eq!(
-            masked,
-            "url \"https://***********@host/x\" other \"ssh://***@h:r\" plain \"a@b\""
-        );
     }
 }

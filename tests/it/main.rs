@@ -15,4 +15,5 @@ mod plans_and_state;
 mod platform;
 mod python_layer;
 mod repo_kind;
+mod service_kind;
 mod venv_kind;
