@@ -131,7 +131,7 @@ pub fn detect(fake: &str) -> Facts {
                 let bytes = if key == "memory-gb" {
                     value.parse::<u64>().ok().map(|g| g << 30)
                 } else {
-                    crate::spec::reader::parse_size(&value)
+                    crate::size::parse(&value).ok().map(|s| s.bytes)
                 };
                 match bytes {
                     Some(b) => facts.memory_bytes = Some(b),

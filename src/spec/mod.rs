@@ -461,7 +461,11 @@ fn load_requires(reader: &NodeReader<'_, '_>, cx: &LoadContext<'_>) -> Requires 
             .as_string()
             .map(str::to_string)
             .or_else(|| entry.value().as_integer().map(|i| i.to_string()));
-        match text.as_deref().and_then(reader::parse_size) {
+        match text
+            .as_deref()
+            .and_then(|t| crate::size::parse(t).ok())
+            .map(|s| s.bytes)
+        {
             Some(bytes) => requires.memory = Some(Spanned::new(bytes, entry.span())),
             None => cx.report(
                 Problem::error(
