@@ -55,7 +55,7 @@ pub enum Source {
         checkpoint: Reference,
         vae: Option<Reference>,
         lora: Option<(Reference, f64)>,
-        settings: Txt2Img,
+        settings: Box<Txt2Img>,
     },
 }
 
@@ -460,7 +460,7 @@ fn parse_txt2img(r: &NodeReader<'_, '_>, node: &KdlNode) -> Option<Source> {
         checkpoint: checkpoint?,
         vae,
         lora,
-        settings,
+        settings: Box::new(settings),
     })
 }
 
@@ -597,7 +597,7 @@ impl Benchmark {
                             ResourceError::new(format!("{} is not a model of this spec", r.address))
                         })
                 };
-                let mut settings = settings.clone();
+                let mut settings = Txt2Img::clone(settings);
                 settings.checkpoint = name(checkpoint, "checkpoints")?;
                 settings.vae = vae.as_ref().map(|v| name(v, "vae")).transpose()?;
                 settings.lora = match lora {

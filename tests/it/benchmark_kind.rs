@@ -11,6 +11,38 @@ use crate::support::sandbox::Sandbox;
 
 const CHECKPOINT: &str = "test-sd15.safetensors";
 
+/// A minimal valid `.safetensors` file (no tensors) whose metadata carries
+/// `tag`, so two versions have different digests.
+fn weights(tag: &str) -> Vec<u8> {
+    let header = format!(r#"{{"__metadata__":{{"tag":"{tag}"}}}}"#);
+    let mut bytes = (header.len() as u64).to_le_bytes().to_vec();
+    bytes.extend_from_slice(header.as_bytes());
+    bytes
+}
+
+/// The service's command: a long sleep stands in for the ComfyUI process
+/// (the stand-in answers its health URL). Stopped when the test ends.
+const SERVICE_COMMAND: &str = "command \"sleep\" \"600\"\n    manager \"process\"";
+
+/// Stops the service process a test's applies started.
+struct StopService<'a>(&'a Sandbox);
+
+impl Drop for StopService<'_> {
+    fn drop(&mut self) {
+        let Ok(text) = std::fs::read_to_string(self.0.path(".plasma/state.json")) else {
+            return;
+        };
+        let state: Value = serde_json::from_str(&text).unwrap_or_default();
+        for (_, entry) in state["resources"].as_object().into_iter().flatten() {
+            if let Some(pid) = entry["outputs"]["pid"].as_u64() {
+                let _ = std::process::Command::new("kill")
+                    .arg(pid.to_string())
+                    .status();
+            }
+        }
+    }
+}
+
 fn sha256_hex(bytes: &[u8]) -> String {
     use sha2::Digest;
     hex::encode(sha2::Sha256::digest(bytes))
@@ -28,7 +60,7 @@ model sd15 {{
 }}
 
 service comfy {{
-    command "true"
+    {SERVICE_COMMAND}
     health {{ url "{url}/system_stats" }}
 }}
 
@@ -63,8 +95,9 @@ file after {{
 
 fn sandbox(server: &StandIn, extra: &str) -> Sandbox {
     let sb = Sandbox::new();
-    sb.write(&format!("src/{CHECKPOINT}"), "weights v1");
-    sb.spec(&spec(server, b"weights v1", extra));
+    std::fs::create_dir_all(sb.path("src")).unwrap();
+    std::fs::write(sb.path(&format!("src/{CHECKPOINT}")), weights("v1")).unwrap();
+    sb.spec(&spec(server, &weights("v1"), extra));
     sb
 }
 
@@ -84,6 +117,7 @@ fn seeds(server: &StandIn) -> Vec<u64> {
 fn a_passing_run_is_recorded_and_not_repeated_when_nothing_changed() {
     let server = StandIn::start(Config::default());
     let sb = sandbox(&server, "    budget \"60s\"\n    expect-device \"cpu\"");
+    let _stop = StopService(&sb);
     let run = sb.run(&["apply", "--yes"]);
     run.code(0);
     assert!(
@@ -150,6 +184,7 @@ fn a_passing_run_is_recorded_and_not_repeated_when_nothing_changed() {
 fn apply_rerun_forces_a_run_with_new_seeds() {
     let server = StandIn::start(Config::default());
     let sb = sandbox(&server, "");
+    let _stop = StopService(&sb);
     sb.run(&["apply", "--yes"]).code(0);
     let run = sb.run(&["apply", "--yes", "--rerun", "benchmark.gen"]);
     run.code(0);
@@ -173,6 +208,7 @@ fn over_budget_fails_skips_dependents_and_is_still_recorded() {
         ..Config::default()
     });
     let sb = sandbox(&server, "    budget \"200ms\"");
+    let _stop = StopService(&sb);
     let run = sb.run(&["apply", "--yes"]);
     run.code(1);
     assert!(run.stderr.contains("over budget: median"), "{}", run.stderr);
@@ -196,6 +232,7 @@ fn over_budget_fails_skips_dependents_and_is_still_recorded() {
 fn the_wrong_device_fails_before_running_and_is_recorded() {
     let server = StandIn::start(Config::default());
     let sb = sandbox(&server, "    expect-device \"mps\"");
+    let _stop = StopService(&sb);
     let run = sb.run(&["apply", "--yes"]);
     run.code(1);
     assert!(
@@ -222,6 +259,7 @@ fn a_socket_dropped_mid_run_ends_through_the_history() {
         ..Config::default()
     });
     let sb = sandbox(&server, "");
+    let _stop = StopService(&sb);
     let run = sb.run(&["apply", "--yes"]);
     run.code(0);
     assert!(
@@ -240,6 +278,7 @@ fn an_execution_error_names_the_node_class_and_exception() {
         ..Config::default()
     });
     let sb = sandbox(&server, "");
+    let _stop = StopService(&sb);
     let run = sb.run(&["apply", "--yes"]);
     run.code(1);
     assert!(
@@ -258,6 +297,7 @@ fn a_model_comfyui_does_not_list_is_explained_before_submitting() {
         ..Config::default()
     });
     let sb = sandbox(&server, "");
+    let _stop = StopService(&sb);
     let run = sb.run(&["apply", "--yes"]);
     run.code(1);
     assert!(
@@ -275,6 +315,7 @@ fn a_model_comfyui_does_not_list_is_explained_before_submitting() {
 fn a_name_without_its_extension_gets_a_suggestion() {
     let server = StandIn::start(Config::default());
     let sb = Sandbox::new();
+    let _stop = StopService(&sb);
     sb.write(
         "bench.json",
         &serde_json::json!({
@@ -285,7 +326,7 @@ fn a_name_without_its_extension_gets_a_suggestion() {
         .to_string(),
     );
     sb.spec(&format!(
-        "service comfy {{\n    command \"true\"\n    health {{ url \"{}/system_stats\" }}\n}}\n\
+        "service comfy {{\n    {SERVICE_COMMAND}\n    health {{ url \"{}/system_stats\" }}\n}}\n\
          benchmark gen {{\n    service service.comfy\n    workflow \"bench.json\"\n    set \"3.inputs.steps\" 4\n    runs 1\n    warmup 0\n}}\n",
         server.url()
     ));
@@ -316,7 +357,7 @@ fn a_ui_format_workflow_is_refused_with_how_to_export_the_api_format() {
         r#"{"last_node_id": 9, "last_link_id": 9, "nodes": [{"id": 3, "type": "KSampler"}], "links": [[1, 4, 0, 3, 0, "MODEL"]], "version": 0.4}"#,
     );
     sb.spec(&format!(
-        "service comfy {{\n    command \"true\"\n    health {{ url \"{}/system_stats\" }}\n}}\n\
+        "service comfy {{\n    {SERVICE_COMMAND}\n    health {{ url \"{}/system_stats\" }}\n}}\n\
          benchmark gen {{\n    service service.comfy\n    workflow \"ui.json\"\n}}\n",
         server.url()
     ));
@@ -335,14 +376,15 @@ fn a_ui_format_workflow_is_refused_with_how_to_export_the_api_format() {
 fn a_changed_model_digest_reruns_and_the_plan_says_why() {
     let server = StandIn::start(Config::default());
     let sb = sandbox(&server, "");
+    let _stop = StopService(&sb);
     sb.run(&["apply", "--yes"]).code(0);
     assert_eq!(server.prompts().len(), 3);
     // The model is replaced by other weights, with their digest.
-    sb.write(&format!("src/{CHECKPOINT}"), "weights v2");
-    sb.spec(&spec(&server, b"weights v2", ""));
+    std::fs::write(sb.path(&format!("src/{CHECKPOINT}")), weights("v2")).unwrap();
+    sb.spec(&spec(&server, &weights("v2"), ""));
     let plan = sb.run(&["plan"]);
-    let old = &sha256_hex(b"weights v1")[..12];
-    let new = &sha256_hex(b"weights v2")[..12];
+    let old = &sha256_hex(&weights("v1"))[..12];
+    let new = &sha256_hex(&weights("v2"))[..12];
     assert!(
         plan.stdout
             .contains(&format!("model {CHECKPOINT} sha256:{old} -> sha256:{new}")),

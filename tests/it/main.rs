@@ -4,6 +4,7 @@
 mod support;
 
 mod benchmark_kind;
+mod benchmark_real;
 mod comfyui_client;
 mod cli_hints;
 mod custom_node_kind;
