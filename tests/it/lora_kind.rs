@@ -627,3 +627,42 @@ lora tiny {{
     println!("{}", show.stdout);
     sb.run(&["plan", "--detailed-exitcode"]).code(0);
 }
+
+/// The root spec's Spyke LoRA plans the user's real run on a machine without
+/// its dataset: the counts come from `images`, and the reg balancing doubles
+/// every epoch (1840 steps, not the 920 the notes planned).
+#[test]
+fn the_root_spec_plans_the_spyke_lora_at_1840_steps() {
+    let sb = Sandbox::new();
+    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/plasma.kdl");
+    let plan = sb.run(&["plan", "-f", root, "--state", "state.json"]);
+    plan.code(0);
+    assert!(
+        plan.stdout.contains(
+            "train 23 images × 10 repeats = 230; reg 100 images balanced to 230; 460 per epoch / batch 1 × 4 epochs = 1840 steps (dataset not present"
+        ),
+        "{}",
+        plan.stdout
+    );
+    let text = format!("{}{}", plan.stdout, plan.stderr);
+    assert!(text.contains("the folder prefix `10_` is ignored under a dataset TOML: this subset repeats 10 times per"), "{text}");
+    let command = sb.run(&["show", "lora.spyke", "--command", "-f", root]);
+    command.code(0);
+    assert!(
+        command.stdout.contains("accelerate launch --config_file "),
+        "{}",
+        command.stdout
+    );
+    assert!(
+        command
+            .stdout
+            .contains("kohya_ss/sd-scripts/train_network.py"),
+        "{}",
+        command.stdout
+    );
+    assert!(
+        command.stdout.contains("PYTORCH_ENABLE_MPS_FALLBACK=1"),
+        "{}",
+        command.stdout
+    );
+}
