@@ -666,3 +666,57 @@ fn the_root_spec_plans_the_spyke_lora_at_1840_steps() {
         command.stdout
     );
 }
+
+/// Ctrl-C to plasma reaches the trainer's whole process group (the trainer
+/// runs in its own group, so the terminal's SIGINT would not), and nothing
+/// of the run is left behind or installed.
+#[test]
+fn ctrl_c_stops_the_whole_training_group() {
+    let sb = Sandbox::new();
+    fixture(&sb, "dataset/train/spyke");
+    sb.spec(&spec("dataset/train/spyke", ""));
+    let pids = sb.path("pids");
+    let mut child = sb
+        .command(&["apply", "--yes"])
+        .env("STANDIN_STEP_SECONDS", "1")
+        .env("STANDIN_PID_FILE", &pids)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while !pids.exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the trainer never started"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let status = std::process::Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let out = child.wait_with_output().unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!out.status.success(), "{text}");
+    assert!(
+        text.contains("training stopped: apply was interrupted"),
+        "{text}"
+    );
+    let pids: Vec<i32> = std::fs::read_to_string(&pids)
+        .unwrap()
+        .split_whitespace()
+        .map(|p| p.parse().unwrap())
+        .collect();
+    std::thread::sleep(Duration::from_millis(200));
+    for pid in pids {
+        assert!(!alive(pid), "process {pid} of the run is still alive");
+    }
+    assert!(!installed(&sb).exists());
+}
