@@ -676,7 +676,7 @@ fn ctrl_c_stops_the_whole_training_group() {
     fixture(&sb, "dataset/train/spyke");
     sb.spec(&spec("dataset/train/spyke", ""));
     let pids = sb.path("pids");
-    let mut child = sb
+    let child = sb
         .command(&["apply", "--yes"])
         .env("STANDIN_STEP_SECONDS", "1")
         .env("STANDIN_PID_FILE", &pids)
