@@ -720,3 +720,49 @@ fn ctrl_c_stops_the_whole_training_group() {
     }
     assert!(!installed(&sb).exists());
 }
+
+/// A NaN loss stops the run; fp16 on the CPU and a tokenizer that cannot be
+/// fetched offline are explained with what to change.
+#[test]
+fn nan_loss_fp16_on_cpu_and_an_offline_tokenizer_are_explained() {
+    let sb = Sandbox::new();
+    fixture(&sb, "dataset/train/spyke");
+    sb.spec(&spec("dataset/train/spyke", ""));
+    let apply = run_with(
+        &sb,
+        &["apply", "--yes"],
+        &[
+            ("STANDIN_NAN_AT_STEP", "5"),
+            ("STANDIN_STEP_SECONDS", "0.2"),
+        ],
+    );
+    apply.code(1);
+    let text = format!("{}{}", apply.stdout, apply.stderr);
+    assert!(
+        text.contains("training stopped: the loss became NaN at step 5"),
+        "{text}"
+    );
+    assert!(!installed(&sb).exists());
+
+    let apply = run_with(&sb, &["apply", "--yes"], &[("HF_HUB_OFFLINE", "1")]);
+    apply.code(1);
+    let text = format!("{}{}", apply.stdout, apply.stderr);
+    assert!(text.contains("could not load the CLIP tokenizer"), "{text}");
+    assert!(text.contains("tokenizer-cache"), "{text}");
+
+    sb.spec(
+        &spec("dataset/train/spyke", "")
+            .replace("mixed-precision \"no\"", "mixed-precision \"fp16\""),
+    );
+    let apply = sb.run(&["apply", "--yes"]);
+    apply.code(1);
+    let text = format!("{}{}", apply.stdout, apply.stderr);
+    assert!(
+        text.contains("fp16 mixed precision failed on the CPU"),
+        "{text}"
+    );
+    assert!(
+        text.contains("mixed-precision \\\"no\\\"") || text.contains("mixed-precision \"no\""),
+        "{text}"
+    );
+}
