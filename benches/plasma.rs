@@ -510,4 +510,34 @@ fn main() {
     if wanted("models") {
         models();
     }
+    if wanted("platform") {
+        platform_facts();
+    }
+}
+
+/// The cost of reading this machine's facts (os, arch, accelerator, memory),
+/// which every `plan` does once for its lints, against a whole converged plan
+/// of one file.
+fn platform_facts() {
+    let times = sample(1000, || {
+        std::hint::black_box(plasma::platform::detect(""));
+    });
+    println!(
+        "platform facts read: median {:.1} us (min {:.1}, max {:.1}) over {} reads",
+        times[times.len() / 2].as_secs_f64() * 1e6,
+        times[0].as_secs_f64() * 1e6,
+        times[times.len() - 1].as_secs_f64() * 1e6,
+        times.len()
+    );
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("plasma.kdl"),
+        "file a {\n    path \"out/a\"\n    content \"x\"\n}\n",
+    )
+    .unwrap();
+    plasma(dir.path(), &["apply", "--yes"]);
+    let times = sample(20, || {
+        plasma(dir.path(), &["plan", "--detailed-exitcode"]);
+    });
+    report("converged plan of one file (facts included)", &times);
 }

@@ -1,9 +1,16 @@
 //! Step 7, apply: walk the DAG, up to `--parallelism` resources at once. A
 //! failure skips its dependents and lets independent branches finish; every
-//! changed resource is observed again to prove it converged; state is written
-//! as resources finish, so an interrupted apply keeps what it did.
+//! changed resource is observed again to prove it converged.
+//!
+//! State never loses what plasma created: before anything is created, one
+//! state write records an intent for every resource the plan creates (its
+//! paths, `created`, `pending`). A kill at any point after that leaves a
+//! record the next run completes; a resource that was never started gets its
+//! previous record back when apply ends. Finished resources are written as
+//! they finish (at most every 250 ms, and always at the end): losing one of
+//! those writes loses only outputs, which the next run observes again.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -21,7 +28,8 @@ const STATE_WRITE_INTERVAL: Duration = Duration::from_millis(250);
 
 pub struct ApplyOptions {
     pub parallelism: usize,
-    /// Delete the files of forgotten resources that plasma created.
+    /// Plan removed resources that plasma created as deletes (`--prune`).
+    /// apply itself follows the plan: it deletes exactly the plan's deletes.
     pub prune: bool,
 }
 
@@ -74,6 +82,9 @@ pub async fn run(
     progress: &dyn Progress,
 ) -> Result<Report, StateError> {
     let spec = &loaded.spec;
+    if let Some(stopped) = crate::child::record_in(&loaded.state_file.dir()) {
+        eprintln!("plasma: {stopped}");
+    }
     let log_dir = loaded.state_file.dir().join("logs");
     let n = spec.resources.len();
     let action_of = |i: usize| {
@@ -111,6 +122,14 @@ pub async fn run(
         }
     }
 
+    // Intent before action: one write before anything is created.
+    let mut intents = record_intents(loaded, plan, observations, state);
+    if !intents.is_empty() {
+        loaded.state_file.save(state)?;
+    }
+    // A state write that failed while walking: no new work starts after it.
+    let mut state_error: Option<StateError> = None;
+
     let bars = indicatif::MultiProgress::with_draw_target(indicatif::ProgressDrawTarget::stderr());
     let mut running: FuturesUnordered<Task<'_>> = FuturesUnordered::new();
     let mut ctrl_c = Box::pin(tokio::signal::ctrl_c());
@@ -122,10 +141,18 @@ pub async fn run(
             let action = action_of(i);
             let observation = observations[i].as_ref();
             let has_work = action.is_change() && observation.is_some();
-            // Skipped: a dependency failed, or Ctrl-C stopped new work.
+            // Skipped: a dependency failed, Ctrl-C stopped new work, or the
+            // state could not be written.
             let skip = blocked[i].clone().or_else(|| {
-                (has_work && INTERRUPTED.load(Ordering::SeqCst))
-                    .then(|| "apply was interrupted".to_string())
+                if !has_work {
+                    None
+                } else if INTERRUPTED.load(Ordering::SeqCst) {
+                    Some("apply was interrupted".to_string())
+                } else if state_error.is_some() {
+                    Some("the state could not be written".to_string())
+                } else {
+                    None
+                }
             });
             if let Some(reason) = skip {
                 let outcome = Outcome::Skipped(reason.clone());
@@ -146,7 +173,14 @@ pub async fn run(
                 continue;
             };
             progress.started(&address, action);
-            let prior = state.resources.get(&address).cloned();
+            // The record from before this apply (not this apply's intent).
+            let prior = match intents.get_mut(&i) {
+                Some(intent) => {
+                    intent.started = true;
+                    intent.prior.clone()
+                }
+                None => state.resources.get(&address).cloned(),
+            };
             let log_dir = log_dir.clone();
             let declared = &spec.resources[i];
             let bars = &bars;
@@ -178,6 +212,7 @@ pub async fn run(
                 // A second Ctrl-C exits at once.
                 tokio::spawn(async {
                     let _ = tokio::signal::ctrl_c().await;
+                    crate::child::terminate_all(crate::child::TERMINATE_GRACE);
                     std::process::exit(130);
                 });
                 continue;
@@ -195,6 +230,16 @@ pub async fn run(
                 Outcome::Applied { action, seconds }
             }
             Err(e) => {
+                // The intent stays unless nothing of it was made.
+                if let Some(intent) = intents.get_mut(&i)
+                    && !declared
+                        .resource
+                        .owned_paths()
+                        .iter()
+                        .any(|p| std::fs::symlink_metadata(p).is_ok())
+                {
+                    intent.started = false;
+                }
                 finish(
                     i,
                     &mut ready,
@@ -205,36 +250,58 @@ pub async fn run(
                 Outcome::Failed(e)
             }
         };
+        if let Some(intent) = intents.remove(&i).filter(|intent| !intent.started) {
+            restore_prior(state, &address, intent.prior);
+            dirty = true;
+        }
         progress.finished(&address, &outcome);
         outcomes.push((address, outcome));
-        if dirty && last_write.elapsed() >= STATE_WRITE_INTERVAL {
-            loaded.state_file.save(state)?;
+        if dirty && state_error.is_none() && last_write.elapsed() >= STATE_WRITE_INTERVAL {
+            match loaded.state_file.save(state) {
+                Ok(()) => dirty = false,
+                Err(e) => state_error = Some(e),
+            }
             last_write = Instant::now();
-            dirty = false;
+        }
+    }
+    // Intents of resources never started: their previous records come back.
+    for (i, intent) in intents {
+        if !intent.started {
+            restore_prior(state, &spec.resources[i].address.to_string(), intent.prior);
+            dirty = true;
         }
     }
 
     // Resources in state but no longer in the spec.
-    let mut forgotten = HashSet::new();
     for change in plan
         .changes
         .iter()
-        .filter(|c| c.diff.action == Action::Forget)
+        .filter(|c| matches!(c.diff.action, Action::Forget | Action::Delete))
     {
-        if INTERRUPTED.load(Ordering::SeqCst) {
+        if INTERRUPTED.load(Ordering::SeqCst) || state_error.is_some() {
             break;
         }
         let Some(entry) = state.resources.get(&change.address).cloned() else {
             continue;
         };
-        progress.started(&change.address, Action::Forget);
-        let outcome = match prune(&entry, options.prune) {
+        let action = change.diff.action;
+        progress.started(&change.address, action);
+        let deleted = if action == Action::Delete {
+            // Kinds with their own record of what they made (a started
+            // service) undo it first; then the files the plan lists go.
+            match crate::resource::prune_forgotten(&entry).await {
+                Ok(()) => delete(&entry, change),
+                Err(e) => Err(e),
+            }
+        } else {
+            Ok(())
+        };
+        let outcome = match deleted {
             Ok(()) => {
                 state.resources.remove(&change.address);
-                forgotten.insert(change.address.clone());
                 dirty = true;
                 Outcome::Applied {
-                    action: Action::Forget,
+                    action,
                     seconds: 0.0,
                 }
             }
@@ -246,8 +313,12 @@ pub async fn run(
 
     loaded.hashes.save();
     dirty |= record_converged(loaded, plan, observations, state);
-    if dirty {
+    if dirty || state_error.is_some() {
+        // A failed write is tried once more; if it fails again, that is the error.
         loaded.state_file.save(state)?;
+    }
+    if let Some(e) = state_error {
+        return Err(e);
     }
     Ok(Report {
         outcomes,
@@ -277,7 +348,7 @@ pub fn record_converged(
         let desired = declared.resource.desired();
         let digest = digest_of(&desired);
         let prior = state.resources.get(&address);
-        if prior.is_some_and(|p| p.desired_digest == digest) {
+        if prior.is_some_and(|p| p.desired_digest == digest && !p.pending) {
             continue;
         }
         let entry = ResourceState {
@@ -287,6 +358,7 @@ pub fn record_converged(
             outputs: declared.resource.outputs(observation),
             owned_paths: declared.resource.owned_paths(),
             created: prior.is_some_and(|p| p.created),
+            pending: false,
             applied_at: fsutil::unix_now(),
         };
         state.resources.insert(address, entry);
@@ -314,6 +386,7 @@ async fn apply_one(
         outputs,
         owned_paths: resource.owned_paths(),
         created: cx.prior.is_some_and(|p| p.created) || action == Action::Create,
+        pending: false,
         applied_at: fsutil::unix_now(),
     };
     let after = resource
@@ -337,12 +410,98 @@ async fn apply_one(
     Ok(entry)
 }
 
-/// `--prune` deletes what plasma created; without it nothing is touched.
-fn prune(entry: &ResourceState, prune: bool) -> Result<(), ResourceError> {
-    if !prune || !entry.created {
+/// An intent recorded for one resource, and the record it replaced.
+struct Intent {
+    prior: Option<ResourceState>,
+    /// Whether its apply started (and may have created something).
+    started: bool,
+}
+
+/// Records in `state`, for every resource the plan creates, that plasma is
+/// about to create it: its paths, `created` and `pending`. Returns the
+/// records they replaced, by resource index.
+fn record_intents(
+    loaded: &Loaded,
+    plan: &Plan,
+    observations: &[Option<Observation>],
+    state: &mut State,
+) -> HashMap<usize, Intent> {
+    let created: std::collections::HashSet<&str> = plan
+        .changes
+        .iter()
+        .filter(|c| c.diff.action == Action::Create)
+        .map(|c| c.address.as_str())
+        .collect();
+    let mut intents = HashMap::new();
+    if created.is_empty() {
+        return intents;
+    }
+    for (i, declared) in loaded.spec.resources.iter().enumerate() {
+        let address = declared.address.to_string();
+        if observations[i].is_none() || !created.contains(address.as_str()) {
+            continue;
+        }
+        let prior = state.resources.get(&address).cloned();
+        let entry = ResourceState {
+            owned_paths: declared.resource.owned_paths(),
+            created: true,
+            pending: true,
+            ..prior.clone().unwrap_or_else(|| ResourceState {
+                kind: declared.address.kind.clone(),
+                desired_digest: String::new(),
+                desired: serde_json::Value::Null,
+                outputs: Default::default(),
+                owned_paths: Vec::new(),
+                created: true,
+                pending: true,
+                applied_at: fsutil::unix_now(),
+            })
+        };
+        state.resources.insert(address, entry);
+        intents.insert(
+            i,
+            Intent {
+                prior,
+                started: false,
+            },
+        );
+    }
+    intents
+}
+
+/// Puts back the record an intent replaced (or none).
+fn restore_prior(state: &mut State, address: &str, prior: Option<ResourceState>) {
+    match prior {
+        Some(entry) => {
+            state.resources.insert(address.to_string(), entry);
+        }
+        None => {
+            state.resources.remove(address);
+        }
+    }
+}
+
+/// A planned delete: the paths the plan lists (owned paths, and staging
+/// files a killed write left beside them), if plasma created them.
+fn delete(entry: &ResourceState, change: &crate::plan::PlannedChange) -> Result<(), ResourceError> {
+    if !entry.created {
         return Ok(());
     }
-    for path in &entry.owned_paths {
+    let planned = change
+        .diff
+        .attributes
+        .iter()
+        .filter(|a| a.name == "path")
+        .filter_map(|a| a.old.as_deref());
+    for path in planned {
+        let path = std::path::Path::new(path);
+        let owned = entry
+            .owned_paths
+            .iter()
+            .any(|p| p == path || fsutil::staging_path(p) == path);
+        if !owned {
+            continue;
+        }
         let meta = match std::fs::symlink_metadata(path) {
             Ok(m) => m,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,

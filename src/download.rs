@@ -8,9 +8,19 @@
 //! `<path>.plasma-part.meta`; the bytes already on disk are hashed again
 //! first, so the digest always covers the whole file.
 //!
-//! Secrets: the bearer token lives in [`SecretToken`], which never prints,
-//! and every URL shown anywhere goes through [`redact_url`] (signed CDN URLs
-//! and `?token=` queries carry credentials too).
+//! Before it is placed, the file must be what its name says
+//! ([`crate::filekind`]), whether or not a SHA-256 was given.
+//!
+//! The client sends no `Referer` (a `?token=` URL would reach the CDN a
+//! redirect points at), follows redirects only to http(s), asks for the bytes
+//! as they are (`Accept-Encoding: identity`) and refuses an encoded body, and
+//! gives up on a transfer slower than [`DownloadOptions::min_speed`] or
+//! longer than [`DownloadOptions::deadline`].
+//!
+//! Secrets: the bearer token lives in [`SecretToken`], which never prints; it
+//! is sent only to the host it belongs to (see [`DownloadRequest`]), and
+//! reqwest drops it when a redirect leaves that host. Every URL shown
+//! anywhere goes through [`redact_url`].
 
 use std::fmt;
 use std::fs::{File, OpenOptions};
@@ -18,13 +28,17 @@ use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use tokio::time::Instant;
+
 use futures_util::StreamExt;
 use reqwest::header::{self, HeaderMap, HeaderValue};
 use reqwest::{StatusCode, Url};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 
+use crate::filekind::{self, FileKind};
 use crate::hashing::{HASH_BUFFER_BYTES, Sha256Digest};
+use crate::size::ExpectedSize;
 
 /// Suffix of the file a download is written to before it is verified.
 pub const PART_SUFFIX: &str = ".plasma-part";
@@ -65,6 +79,14 @@ impl SecretToken {
             .map(|value| SecretToken(value.trim().to_string()))
     }
 
+    /// Replaces the token wherever it appears in `text` (a server may echo it).
+    fn scrub(&self, text: &str) -> String {
+        if self.0.len() < 4 {
+            return text.to_string();
+        }
+        text.replace(&self.0, crate::redact::MASK)
+    }
+
     fn bearer_header(&self) -> Option<HeaderValue> {
         let mut value = HeaderValue::from_str(&format!("Bearer {}", self.0)).ok()?;
         // Keeps hyper/h2 from indexing it and reqwest's Debug from showing it.
@@ -84,7 +106,26 @@ impl fmt::Debug for SecretToken {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Expected {
     pub sha256: Option<Sha256Digest>,
-    pub size: Option<u64>,
+    pub size: Option<ExpectedSize>,
+}
+
+/// A bearer token for one URL, and the environment variable it comes from.
+#[derive(Debug, Clone)]
+pub struct Credential {
+    /// The variable's name, named in messages.
+    pub env: String,
+    /// Its value; `None` when the variable is unset or empty.
+    pub token: Option<SecretToken>,
+}
+
+impl Credential {
+    /// The token in environment variable `var`.
+    pub fn from_env(var: &str) -> Self {
+        Credential {
+            env: var.to_string(),
+            token: SecretToken::from_env(var),
+        }
+    }
 }
 
 /// Retry and timeout policy.
@@ -98,7 +139,23 @@ pub struct DownloadOptions {
     /// No response or no body bytes for this long counts as a transient failure.
     pub stall_timeout: Duration,
     pub connect_timeout: Duration,
+    /// The whole download (every attempt and mirror) ends within this; the
+    /// bytes so far are kept for the next run.
+    pub deadline: Duration,
+    /// Bytes per second below which a transfer counts as stalled, averaged
+    /// over `low_speed_window` (like curl's `--speed-limit`/`--speed-time`).
+    pub min_speed: u64,
+    pub low_speed_window: Duration,
 }
+
+/// The default [`DownloadOptions::deadline`]: 6 hours, a 20 GB file at 1 MB/s.
+pub const DEFAULT_DEADLINE: Duration = Duration::from_secs(6 * 3600);
+/// The default [`DownloadOptions::min_speed`]: 1 KB/s.
+pub const DEFAULT_MIN_SPEED: u64 = 1000;
+/// The default [`DownloadOptions::low_speed_window`]: 60 s.
+pub const DEFAULT_LOW_SPEED_WINDOW: Duration = Duration::from_secs(60);
+/// Redirects followed before giving up (reqwest's own default too).
+pub const MAX_REDIRECTS: usize = 10;
 
 impl Default for DownloadOptions {
     fn default() -> Self {
@@ -108,11 +165,19 @@ impl Default for DownloadOptions {
             max_backoff: Duration::from_secs(30),
             stall_timeout: Duration::from_secs(60),
             connect_timeout: Duration::from_secs(30),
+            deadline: DEFAULT_DEADLINE,
+            min_speed: DEFAULT_MIN_SPEED,
+            low_speed_window: DEFAULT_LOW_SPEED_WINDOW,
         }
     }
 }
 
 /// One file to download.
+///
+/// Which URL gets which token: `url_credentials[i]`, when given, is sent to
+/// `urls[i]` only; otherwise `token` (the model's `token-env`) is sent to
+/// `urls[i]` when it is on the same host and port as `urls[0]`, and to no
+/// other host. A redirect to another host drops the token (reqwest does).
 #[derive(Clone)]
 pub struct DownloadRequest {
     /// Mirrors, tried in order.
@@ -120,12 +185,15 @@ pub struct DownloadRequest {
     /// Where the verified file is placed.
     pub dest: PathBuf,
     pub expected: Expected,
-    /// Sent as `Authorization: Bearer`.
+    /// Sent as `Authorization: Bearer` to the first URL's host.
     pub token: Option<SecretToken>,
     /// The environment variable the token comes from (the spec's
     /// `token-env`), named in messages. Set it even when the variable is
     /// unset, so a 401 can say so.
     pub token_env: Option<String>,
+    /// Per-URL tokens (the spec's `url "…" token-env=VAR`), by index into
+    /// `urls`; missing entries fall back to `token` as described above.
+    pub url_credentials: Vec<Option<Credential>>,
     pub options: DownloadOptions,
 }
 
@@ -137,9 +205,74 @@ impl DownloadRequest {
             expected: Expected::default(),
             token: None,
             token_env: None,
+            url_credentials: Vec::new(),
             options: DownloadOptions::default(),
         }
     }
+
+    /// The token to send to `urls[index]` and how messages should describe it.
+    fn auth_for(&self, index: usize, url: &Url, first: &Url) -> UrlAuth {
+        if let Some(Some(credential)) = self.url_credentials.get(index) {
+            return UrlAuth {
+                token: credential.token.clone(),
+                usage: match credential.token {
+                    Some(_) => TokenUse::Sent(credential.env.clone()),
+                    None => TokenUse::Unset(credential.env.clone()),
+                },
+            };
+        }
+        let Some(env) = &self.token_env else {
+            return UrlAuth {
+                token: self.token.clone().filter(|_| same_host(url, first)),
+                usage: TokenUse::None,
+            };
+        };
+        if !same_host(url, first) {
+            return UrlAuth {
+                token: None,
+                usage: TokenUse::OtherHost {
+                    env: env.clone(),
+                    host: first.host_str().unwrap_or("").to_string(),
+                },
+            };
+        }
+        match &self.token {
+            Some(token) => UrlAuth {
+                token: Some(token.clone()),
+                usage: TokenUse::Sent(env.clone()),
+            },
+            None => UrlAuth {
+                token: None,
+                usage: TokenUse::Unset(env.clone()),
+            },
+        }
+    }
+}
+
+/// Whether two URLs name the same host and port (reqwest's rule for keeping
+/// `Authorization` across a redirect).
+fn same_host(a: &Url, b: &Url) -> bool {
+    a.host_str() == b.host_str() && a.port_or_known_default() == b.port_or_known_default()
+}
+
+/// What is sent to one URL.
+#[derive(Clone)]
+struct UrlAuth {
+    token: Option<SecretToken>,
+    usage: TokenUse,
+}
+
+/// Whether a token went to a URL, for messages about a login wall.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TokenUse {
+    /// The model names no token for this URL.
+    None,
+    /// The token in this variable was sent.
+    Sent(String),
+    /// This variable should hold the token but is unset.
+    Unset(String),
+    /// The model's token is for `host`; this URL is elsewhere and got none.
+    OtherHost { env: String, host: String },
 }
 
 impl fmt::Debug for DownloadRequest {
@@ -151,6 +284,7 @@ impl fmt::Debug for DownloadRequest {
             .field("expected", &self.expected)
             .field("token", &self.token)
             .field("token_env", &self.token_env)
+            .field("url_credentials", &self.url_credentials)
             .field("options", &self.options)
             .finish()
     }
@@ -193,22 +327,71 @@ pub enum DownloadError {
     HttpClient(String),
     #[error("{url} is not a usable download URL: {reason}")]
     InvalidUrl { url: String, reason: String },
-    #[error("{url} refused the download ({status}): {}", unauthorized_hint(token_env.as_deref(), *token_sent))]
+    #[error("{url} refused the download ({status}): {}", unauthorized_hint(token))]
     Unauthorized {
         url: String,
         status: u16,
-        token_env: Option<String>,
-        token_sent: bool,
+        token: TokenUse,
     },
     #[error("{url} was not found (404): check the URL, the file may have moved")]
     NotFound { url: String },
+    #[error(
+        "{url} is gone (410): the server says the file was removed on purpose; \
+         look for its new address on the model's page"
+    )]
+    Gone { url: String },
     #[error("{url} answered {status}: the request was refused, retrying will not help")]
     ClientError { url: String, status: u16 },
     #[error(
-        "{url}: the server sent a web page, not the file: a login is probably needed \
-         (nothing was saved)"
+        "{url} redirected to {target}, which plasma does not follow: downloads go over \
+         http and https only (nothing was saved)"
     )]
-    WebPage { url: String },
+    UnsafeRedirect { url: String, target: String },
+    #[error(
+        "{url} sent the file encoded as `{encoding}` though plasma asked for it as is \
+         (Accept-Encoding: identity): those bytes are not the file, nothing was saved"
+    )]
+    EncodedBody { url: String, encoding: String },
+    #[error(
+        "{url}: the server sent a web page, not the file: {} (nothing was saved)",
+        web_page_hint(token)
+    )]
+    WebPage { url: String, token: TokenUse },
+    #[error(
+        "{}: what was received is not {what}: {reason}; nothing was placed there \
+         ({}starting {head})",
+        path.display(),
+        content_type.as_deref().map_or(String::new(), |t| format!("received Content-Type {t}, "))
+    )]
+    NotWhatItsNameSays {
+        path: PathBuf,
+        /// What the extension promises ("a safetensors file").
+        what: &'static str,
+        reason: String,
+        content_type: Option<String>,
+        /// The first bytes, as text when printable (secrets removed).
+        head: String,
+    },
+    #[error(
+        "downloading {url} did not finish within {} (the model's `timeout`){}",
+        humantime::format_duration(*limit),
+        if *kept_bytes > 0 {
+            format!(": {kept_bytes} bytes are kept and the next run resumes from there")
+        } else {
+            String::new()
+        }
+    )]
+    Deadline {
+        url: String,
+        limit: Duration,
+        kept_bytes: u64,
+    },
+    #[error(
+        "{} is a symbolic link to {}, which does not exist (an external disk that is \
+         not mounted?): plasma will not create a folder in its place",
+        link.display(), target.display()
+    )]
+    DanglingFolder { link: PathBuf, target: PathBuf },
     #[error(
         "{}: the source file is a web page, not the model (a download that needed a login?)",
         path.display()
@@ -231,7 +414,7 @@ pub enum DownloadError {
     )]
     SizeMismatch {
         path: PathBuf,
-        expected: u64,
+        expected: ExpectedSize,
         actual: u64,
     },
     #[error(
@@ -272,17 +455,34 @@ pub enum DownloadError {
     AllMirrorsFailed { failures: Vec<MirrorFailure> },
 }
 
-fn unauthorized_hint(token_env: Option<&str>, token_sent: bool) -> String {
-    match (token_env, token_sent) {
-        (Some(var), true) => format!(
+fn unauthorized_hint(token: &TokenUse) -> String {
+    match token {
+        TokenUse::Sent(var) => format!(
             "the token in ${var} was sent and rejected: check that it is valid and allowed to download this file"
         ),
-        (Some(var), false) => format!(
+        TokenUse::Unset(var) => format!(
             "the model's token-env is {var}, but ${var} is not set: export it and run again"
         ),
-        (None, _) => "no token-env is set for this model: if the site needs a login, \
+        TokenUse::OtherHost { env, host } => format!(
+            "the token in ${env} is only sent to {host}, and this URL is on another host: \
+             give it its own with `url \"…\" token-env=VAR`"
+        ),
+        TokenUse::None => "no token-env is set for this model: if the site needs a login, \
                       create an API token and add `token-env VAR` naming the variable holding it"
             .to_string(),
+    }
+}
+
+fn web_page_hint(token: &TokenUse) -> String {
+    match token {
+        TokenUse::None => "a login is probably needed: create an API token on the site, \
+                           export it, and name its variable with `token-env`"
+            .to_string(),
+        TokenUse::Sent(var) => format!(
+            "a login is probably needed, and the token in ${var} was sent: check that it \
+             is valid and allowed to download this file"
+        ),
+        other => format!("a login is probably needed: {}", unauthorized_hint(other)),
     }
 }
 
@@ -299,77 +499,83 @@ impl DownloadError {
     fn is_local(&self) -> bool {
         matches!(
             self,
-            DownloadError::DiskFull { .. } | DownloadError::Io { .. }
+            DownloadError::DiskFull { .. }
+                | DownloadError::Io { .. }
+                | DownloadError::Deadline { .. }
+                | DownloadError::DanglingFolder { .. }
         )
     }
-}
 
-/// `url` with credentials removed: user info, and query values whose name
-/// or look suggests a secret (`token=`, `sig=`, `X-Amz-Credential=`, long
-/// random strings). Something that does not parse as a URL is not shown.
-pub fn redact_url(url: &str) -> String {
-    const HIDDEN: &str = "REDACTED";
-    let Ok(mut parsed) = Url::parse(url) else {
-        return "(a URL that does not parse)".to_string();
-    };
-    if !parsed.username().is_empty() || parsed.password().is_some() {
-        let _ = parsed.set_password(None);
-        let _ = parsed.set_username(HIDDEN);
+    /// Whether a part of the file was kept for the next run to resume.
+    pub fn kept_bytes(&self) -> u64 {
+        match self {
+            DownloadError::Network { kept_bytes, .. }
+            | DownloadError::Deadline { kept_bytes, .. } => *kept_bytes,
+            DownloadError::AllMirrorsFailed { failures } => failures
+                .iter()
+                .map(|f| f.error.kept_bytes())
+                .max()
+                .unwrap_or(0),
+            _ => 0,
+        }
     }
-    if parsed.query().is_some() {
-        let pairs: Vec<(String, String)> = parsed
-            .query_pairs()
-            .map(|(name, value)| {
-                let value = if name_looks_secret(&name) || value_looks_secret(&value) {
-                    HIDDEN.to_string()
-                } else {
-                    value.into_owned()
-                };
-                (name.into_owned(), value)
-            })
-            .collect();
-        parsed.query_pairs_mut().clear().extend_pairs(pairs);
-    }
-    parsed.to_string()
 }
 
-fn name_looks_secret(name: &str) -> bool {
-    let name = name.to_ascii_lowercase();
-    [
-        "token",
-        "key",
-        "sig",
-        "auth",
-        "secret",
-        "password",
-        "credential",
-        "session",
-    ]
-    .iter()
-    .any(|marker| name.contains(marker))
-        || name.starts_with("x-amz-")
-        || name.starts_with("x-goog-")
-}
+/// The program's one URL redaction rule (see [`crate::redact`]).
+pub use crate::redact::redact_url;
 
-/// Long strings mixing letters and digits are API keys or signatures far
-/// more often than anything a user needs to see.
-fn value_looks_secret(value: &str) -> bool {
-    value.len() >= 20
-        && value.chars().any(|c| c.is_ascii_digit())
-        && value.chars().any(|c| c.is_ascii_alphabetic())
-        && value
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "-_.~+/=".contains(c))
-}
-
-/// A client suited to downloads: rustls, connect timeout from `options`,
-/// no overall timeout (files are gigabytes; stalls are caught per read).
+/// A client suited to downloads: rustls, connect timeout from `options`, no
+/// `Referer`, redirects to http(s) only, no transfer encoding asked for. No
+/// overall timeout here: the deadline and the low-speed limit are enforced
+/// per download.
 pub fn build_client(options: &DownloadOptions) -> Result<reqwest::Client, DownloadError> {
+    let mut headers = HeaderMap::new();
+    headers.insert(
+        header::ACCEPT_ENCODING,
+        HeaderValue::from_static("identity"),
+    );
     reqwest::Client::builder()
         .connect_timeout(options.connect_timeout)
         .user_agent(concat!("plasma/", env!("CARGO_PKG_VERSION")))
+        .referer(false)
+        .redirect(redirect_policy())
+        .default_headers(headers)
         .build()
         .map_err(|e| DownloadError::HttpClient(describe_reqwest_error(e)))
+}
+
+/// Follows up to [`MAX_REDIRECTS`] redirects, to http and https only.
+fn redirect_policy() -> reqwest::redirect::Policy {
+    reqwest::redirect::Policy::custom(|attempt| {
+        if !matches!(attempt.url().scheme(), "http" | "https") {
+            let target = redact_url(attempt.url().as_str());
+            attempt.error(RefusedRedirect { target })
+        } else if attempt.previous().len() > MAX_REDIRECTS {
+            attempt.error(format!("more than {MAX_REDIRECTS} redirects"))
+        } else {
+            attempt.follow()
+        }
+    })
+}
+
+/// A redirect to a scheme plasma does not download from.
+#[derive(Debug, thiserror::Error)]
+#[error("a redirect to {target}")]
+struct RefusedRedirect {
+    /// Redacted.
+    target: String,
+}
+
+/// The refused redirect inside a reqwest error, if that is what it is.
+fn refused_redirect(error: &reqwest::Error) -> Option<String> {
+    let mut source = std::error::Error::source(error);
+    while let Some(cause) = source {
+        if let Some(refused) = cause.downcast_ref::<RefusedRedirect>() {
+            return Some(refused.target.clone());
+        }
+        source = cause.source();
+    }
+    None
 }
 
 /// Downloads `request` with a fresh client; returns the file's digest.
@@ -406,9 +612,11 @@ pub async fn download_with_client(
     }
     create_parent(&request.dest)?;
 
+    let deadline = Instant::now() + request.options.deadline;
     let mut failures = Vec::new();
-    for url in &urls {
-        match download_from(client, request, url, progress).await {
+    for (index, url) in urls.iter().enumerate() {
+        let auth = request.auth_for(index, url, &urls[0]);
+        match download_from(client, request, url, &auth, deadline, progress).await {
             Ok(digest) => return Ok(digest),
             Err(error) if error.is_local() => return Err(error),
             Err(error) => failures.push(MirrorFailure {
@@ -447,18 +655,29 @@ async fn download_from(
     client: &reqwest::Client,
     request: &DownloadRequest,
     url: &Url,
+    auth: &UrlAuth,
+    deadline: Instant,
     progress: &dyn Progress,
 ) -> Result<Sha256Digest, DownloadError> {
     let dest = &request.dest;
     let shown_url = redact_url(url.as_str());
     let (mut part, mut validator) = open_part_for(dest, url).await?;
     let options = &request.options;
+    let mut content_type = None;
 
     let mut attempt = 0;
     loop {
         attempt += 1;
         let outcome;
-        (part, outcome) = attempt_once(client, request, url, part, &mut validator, progress).await;
+        let mut cx = AttemptContext {
+            request,
+            url,
+            auth,
+            deadline,
+            validator: &mut validator,
+            content_type: &mut content_type,
+        };
+        (part, outcome) = attempt_once(client, &mut cx, part, progress).await;
         match outcome {
             Ok(()) => break,
             Err(AttemptFailure::Fatal(error)) => {
@@ -485,6 +704,10 @@ async fn download_from(
                     .first_backoff
                     .saturating_mul(factor)
                     .min(options.max_backoff);
+                if Instant::now() + wait >= deadline {
+                    discard_if_empty(&part, dest);
+                    return Err(deadline_error(request, &shown_url, part.len));
+                }
                 tokio::time::sleep(wait).await;
             }
         }
@@ -492,9 +715,52 @@ async fn download_from(
 
     let expected = request.expected.clone();
     let dest_owned = dest.clone();
-    tokio::task::spawn_blocking(move || place_verified(part, &dest_owned, &expected))
-        .await
-        .expect("verification does not panic")
+    let token = auth.token.clone();
+    let received = tokio::task::spawn_blocking(move || {
+        place_verified(part, &dest_owned, &expected, content_type.as_deref())
+    })
+    .await
+    .expect("verification does not panic");
+    // A body may echo the token it was sent with.
+    received.map_err(|error| match (error, token) {
+        (
+            DownloadError::NotWhatItsNameSays {
+                path,
+                what,
+                reason,
+                content_type,
+                head,
+            },
+            Some(token),
+        ) => DownloadError::NotWhatItsNameSays {
+            path,
+            what,
+            reason,
+            content_type,
+            head: token.scrub(&head),
+        },
+        (error, _) => error,
+    })
+}
+
+fn deadline_error(request: &DownloadRequest, shown_url: &str, kept_bytes: u64) -> DownloadError {
+    DownloadError::Deadline {
+        url: shown_url.to_string(),
+        limit: request.options.deadline,
+        kept_bytes,
+    }
+}
+
+/// What one attempt needs besides the client and the part.
+struct AttemptContext<'a> {
+    request: &'a DownloadRequest,
+    url: &'a Url,
+    auth: &'a UrlAuth,
+    deadline: Instant,
+    /// The resume validator, updated by a 200.
+    validator: &'a mut Option<String>,
+    /// The last response's Content-Type, for messages about what was received.
+    content_type: &'a mut Option<String>,
 }
 
 /// Leaves no empty part or sidecar behind after a failure (a web page, a
@@ -541,27 +807,32 @@ async fn open_part_for(
 /// received so far written and hashed.
 async fn attempt_once(
     client: &reqwest::Client,
-    request: &DownloadRequest,
-    url: &Url,
+    cx: &mut AttemptContext<'_>,
     mut part: PartFile,
-    validator: &mut Option<String>,
     progress: &dyn Progress,
 ) -> (PartFile, Result<(), AttemptFailure>) {
+    let request = cx.request;
+    let url = cx.url;
     let shown_url = redact_url(url.as_str());
     let stall = request.options.stall_timeout;
 
     let mut builder = client.get(url.clone());
-    if let Some(value) = request.token.as_ref().and_then(SecretToken::bearer_header) {
+    if let Some(value) = cx.auth.token.as_ref().and_then(SecretToken::bearer_header) {
         builder = builder.header(header::AUTHORIZATION, value);
     }
     let resuming_from = part.len;
     if resuming_from > 0 {
         builder = builder.header(header::RANGE, format!("bytes={resuming_from}-"));
-        if let Some(validator) = validator.as_deref() {
+        if let Some(validator) = cx.validator.as_deref() {
             builder = builder.header(header::IF_RANGE, validator);
         }
     }
-    let response = match tokio::time::timeout(stall, builder.send()).await {
+    let wait = stall.min(cx.deadline.saturating_duration_since(Instant::now()));
+    let response = match tokio::time::timeout(wait, builder.send()).await {
+        Err(_) if Instant::now() >= cx.deadline => {
+            let error = deadline_error(request, &shown_url, part.len);
+            return (part, Err(AttemptFailure::Fatal(error)));
+        }
         Err(_) => {
             return (
                 part,
@@ -572,7 +843,12 @@ async fn attempt_once(
             );
         }
         Ok(Err(error)) => {
-            let failure = if error.is_builder() {
+            let failure = if let Some(target) = refused_redirect(&error) {
+                AttemptFailure::Fatal(DownloadError::UnsafeRedirect {
+                    url: shown_url,
+                    target,
+                })
+            } else if error.is_builder() || error.is_redirect() {
                 AttemptFailure::Fatal(DownloadError::InvalidUrl {
                     url: shown_url,
                     reason: describe_reqwest_error(error),
@@ -586,7 +862,12 @@ async fn attempt_once(
     };
 
     let status = response.status();
-    if let Some(failure) = classify_status(status, request, &shown_url) {
+    *cx.content_type = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| crate::redact::redact_text(v.trim()));
+    if let Some(failure) = classify_status(&response, cx.auth, &shown_url) {
         if status == StatusCode::RANGE_NOT_SATISFIABLE {
             // The part is already as long as the file (a run that stopped
             // between download and rename) or longer: start over.
@@ -601,6 +882,16 @@ async fn attempt_once(
             part,
             Err(AttemptFailure::Fatal(DownloadError::WebPage {
                 url: shown_url,
+                token: cx.auth.usage.clone(),
+            })),
+        );
+    }
+    if let Some(encoding) = content_encoding(response.headers()) {
+        return (
+            part,
+            Err(AttemptFailure::Fatal(DownloadError::EncodedBody {
+                url: shown_url,
+                encoding,
             })),
         );
     }
@@ -628,21 +919,21 @@ async fn attempt_once(
         {
             return (part, Err(AttemptFailure::Fatal(e)));
         }
-        *validator = resume_validator(response.headers());
-        if let Err(e) = write_meta(&request.dest, url, validator.as_deref()) {
+        *cx.validator = resume_validator(response.headers());
+        if let Err(e) = write_meta(&request.dest, url, cx.validator.as_deref()) {
             return (part, Err(AttemptFailure::Fatal(e)));
         }
         response.content_length()
     };
 
-    if let (Some(expected), Some(total)) = (request.expected.size, total)
-        && expected != total
+    if let (Some(expected), Some(total)) = (&request.expected.size, total)
+        && !expected.matches(total)
     {
         return (
             part,
             Err(AttemptFailure::Fatal(DownloadError::SizeMismatch {
                 path: request.dest.clone(),
-                expected,
+                expected: expected.clone(),
                 actual: total,
             })),
         );
@@ -652,9 +943,26 @@ async fn attempt_once(
     if part.len > 0 {
         progress.on_bytes(part.len);
     }
-    let (part, streamed) = stream_body(part, response, stall, &shown_url, progress).await;
+    let limits = StreamLimits {
+        stall,
+        deadline: cx.deadline,
+        min_speed: request.options.min_speed,
+        window: request.options.low_speed_window,
+    };
+    let (part, streamed) = stream_body(
+        part,
+        response,
+        &limits,
+        &shown_url,
+        &cx.auth.usage,
+        progress,
+    )
+    .await;
     let result = match streamed {
-        Err(failure) => Err(failure),
+        Err(StreamEnd::Failed(failure)) => Err(failure),
+        Err(StreamEnd::Deadline) => Err(AttemptFailure::Fatal(deadline_error(
+            request, &shown_url, part.len,
+        ))),
         Ok(()) => match total {
             Some(total) if part.len < total => Err(AttemptFailure::Transient(format!(
                 "the connection closed after {} of {total} bytes",
@@ -668,20 +976,30 @@ async fn attempt_once(
 
 /// `None` for a status whose body is the file (200, 206).
 fn classify_status(
-    status: StatusCode,
-    request: &DownloadRequest,
+    response: &reqwest::Response,
+    auth: &UrlAuth,
     shown_url: &str,
 ) -> Option<AttemptFailure> {
+    let status = response.status();
     let url = shown_url.to_string();
     Some(match status.as_u16() {
         200 | 206 => return None,
         401 | 403 => AttemptFailure::Fatal(DownloadError::Unauthorized {
             url,
             status: status.as_u16(),
-            token_env: request.token_env.clone(),
-            token_sent: request.token.is_some(),
+            token: auth.usage.clone(),
         }),
-        404 | 410 => AttemptFailure::Fatal(DownloadError::NotFound { url }),
+        404 => AttemptFailure::Fatal(DownloadError::NotFound { url }),
+        410 => AttemptFailure::Fatal(DownloadError::Gone { url }),
+        // A redirect reqwest handed back: one it could not follow.
+        300..=399 => {
+            let target = response
+                .headers()
+                .get(header::LOCATION)
+                .and_then(|v| v.to_str().ok())
+                .map_or_else(|| "nowhere (no Location)".to_string(), redact_url);
+            AttemptFailure::Fatal(DownloadError::UnsafeRedirect { url, target })
+        }
         416 => AttemptFailure::Transient("the server could not serve the resumed range".into()),
         // Too many requests and timeouts are worth waiting out.
         408 | 429 => AttemptFailure::Transient(format!("the server answered {status}")),
@@ -690,6 +1008,15 @@ fn classify_status(
         }
         code => AttemptFailure::Fatal(DownloadError::ClientError { url, status: code }),
     })
+}
+
+/// A `Content-Encoding` other than `identity`: the body is not the file's
+/// bytes (plasma asks for `identity` and decodes nothing).
+fn content_encoding(headers: &HeaderMap) -> Option<String> {
+    let value = headers.get(header::CONTENT_ENCODING)?;
+    let text = value.to_str().unwrap_or("(unreadable)").trim();
+    (!text.is_empty() && !text.eq_ignore_ascii_case("identity"))
+        .then(|| crate::redact::redact_text(text))
 }
 
 fn is_html(headers: &HeaderMap) -> bool {
@@ -755,15 +1082,34 @@ fn write_meta(dest: &Path, url: &Url, validator: Option<&str>) -> Result<(), Dow
     std::fs::write(&path, json).map_err(|e| local_error("write", &path, e))
 }
 
+/// The time limits on one body.
+struct StreamLimits {
+    /// Longest wait for the next bytes.
+    stall: Duration,
+    /// The whole download's end.
+    deadline: Instant,
+    /// Bytes per second, averaged over `window`, below which the transfer
+    /// is given up (and retried).
+    min_speed: u64,
+    window: Duration,
+}
+
+/// How a body ended, when not at its end.
+enum StreamEnd {
+    Failed(AttemptFailure),
+    Deadline,
+}
+
 /// Streams the body into the part. Writing and hashing run on a blocking
 /// thread fed through a channel, so the network and the disk overlap.
 async fn stream_body(
     part: PartFile,
     response: reqwest::Response,
-    stall: Duration,
+    limits: &StreamLimits,
     shown_url: &str,
+    token: &TokenUse,
     progress: &dyn Progress,
-) -> (PartFile, Result<(), AttemptFailure>) {
+) -> (PartFile, Result<(), StreamEnd>) {
     let part_path = part.path.clone();
     let mut sniffing = part.len == 0;
     let (sender, mut receiver) = tokio::sync::mpsc::channel::<Vec<u8>>(16);
@@ -776,26 +1122,64 @@ async fn stream_body(
         }
         (part, Ok(()))
     });
+    let web_page = || {
+        StreamEnd::Failed(AttemptFailure::Fatal(DownloadError::WebPage {
+            url: shown_url.to_string(),
+            token: token.clone(),
+        }))
+    };
 
     let mut body = response.bytes_stream();
     let mut head = Vec::new();
     let mut outcome = Ok(());
+    // The low-speed window: when it started and the bytes received in it.
+    let mut window_start = Instant::now();
+    let mut window_bytes = 0u64;
     loop {
-        let chunk = match tokio::time::timeout(stall, body.next()).await {
-            Err(_) => {
-                outcome = Err(AttemptFailure::Transient(format!(
-                    "no data for {}s",
-                    stall.as_secs_f64()
-                )));
+        let now = Instant::now();
+        if now >= limits.deadline {
+            outcome = Err(StreamEnd::Deadline);
+            break;
+        }
+        if now.duration_since(window_start) >= limits.window {
+            let floor = limits.min_speed as f64 * limits.window.as_secs_f64();
+            if (window_bytes as f64) < floor {
+                outcome = Err(StreamEnd::Failed(AttemptFailure::Transient(format!(
+                    "slower than {} bytes/s for {}s",
+                    limits.min_speed,
+                    limits.window.as_secs_f64()
+                ))));
                 break;
             }
+            window_start = now;
+            window_bytes = 0;
+        }
+        // Wake up for whichever comes first: a stall, the deadline, the
+        // window's end.
+        let wait = limits
+            .stall
+            .min(limits.deadline - now)
+            .min((window_start + limits.window).saturating_duration_since(now))
+            .max(Duration::from_millis(1));
+        let chunk = match tokio::time::timeout(wait, body.next()).await {
+            Err(_) if Instant::now().duration_since(now) >= limits.stall => {
+                outcome = Err(StreamEnd::Failed(AttemptFailure::Transient(format!(
+                    "no data for {}s",
+                    limits.stall.as_secs_f64()
+                ))));
+                break;
+            }
+            Err(_) => continue,
             Ok(None) => break,
             Ok(Some(Err(error))) => {
-                outcome = Err(AttemptFailure::Transient(describe_reqwest_error(error)));
+                outcome = Err(StreamEnd::Failed(AttemptFailure::Transient(
+                    describe_reqwest_error(error),
+                )));
                 break;
             }
             Ok(Some(Ok(chunk))) => chunk,
         };
+        window_bytes += chunk.len() as u64;
         let mut data = chunk.to_vec();
         if sniffing {
             // Hold back the first bytes until we know this is not a web page.
@@ -805,9 +1189,7 @@ async fn stream_body(
             }
             sniffing = false;
             if starts_like_html(&head) {
-                outcome = Err(AttemptFailure::Fatal(DownloadError::WebPage {
-                    url: shown_url.to_string(),
-                }));
+                outcome = Err(web_page());
                 break;
             }
             data = std::mem::take(&mut head);
@@ -821,9 +1203,7 @@ async fn stream_body(
     if sniffing && !head.is_empty() && outcome.is_ok() {
         // A body shorter than the sniff window.
         if starts_like_html(&head) {
-            outcome = Err(AttemptFailure::Fatal(DownloadError::WebPage {
-                url: shown_url.to_string(),
-            }));
+            outcome = Err(web_page());
         } else {
             let n = head.len() as u64;
             if sender.send(std::mem::take(&mut head)).await.is_ok() {
@@ -836,7 +1216,9 @@ async fn stream_body(
     if let Err(e) = written {
         return (
             part,
-            Err(AttemptFailure::Fatal(local_error("write", &part_path, e))),
+            Err(StreamEnd::Failed(AttemptFailure::Fatal(local_error(
+                "write", &part_path, e,
+            )))),
         );
     }
     (part, outcome)
@@ -857,12 +1239,12 @@ pub fn copy_from_source(
     };
     let mut input = File::open(source).map_err(unreadable)?;
     let len = input.metadata().map_err(unreadable)?.len();
-    if let Some(expected_size) = expected.size
-        && expected_size != len
+    if let Some(expected_size) = &expected.size
+        && !expected_size.matches(len)
     {
         return Err(DownloadError::SizeMismatch {
             path: dest.to_path_buf(),
-            expected: expected_size,
+            expected: expected_size.clone(),
             actual: len,
         });
     }
@@ -897,15 +1279,18 @@ pub fn copy_from_source(
             .map_err(|e| local_error("write", &part_path, e))?;
         progress.on_bytes(n as u64);
     }
-    place_verified(part, dest, expected)
+    place_verified(part, dest, expected, None)
 }
 
-/// fsync, check size and digest, then rename into place. A part that fails
-/// the check is deleted, so nothing wrong is left behind or placed.
+/// fsync, check size, digest and content (the file must be what its name
+/// says, [`FileKind`]), then rename into place. A part that fails a check is
+/// deleted, so nothing wrong is left behind or placed. `content_type` is what
+/// the server said it sent, for the message.
 fn place_verified(
     part: PartFile,
     dest: &Path,
     expected: &Expected,
+    content_type: Option<&str>,
 ) -> Result<Sha256Digest, DownloadError> {
     let part_path = part.path.clone();
     let meta_path = meta_path(dest);
@@ -916,13 +1301,13 @@ fn place_verified(
         let _ = std::fs::remove_file(&part_path);
         let _ = std::fs::remove_file(&meta_path);
     };
-    if let Some(expected_size) = expected.size
-        && expected_size != len
+    if let Some(expected_size) = &expected.size
+        && !expected_size.matches(len)
     {
         discard();
         return Err(DownloadError::SizeMismatch {
             path: dest.to_path_buf(),
-            expected: expected_size,
+            expected: expected_size.clone(),
             actual: len,
         });
     }
@@ -934,6 +1319,18 @@ fn place_verified(
             path: dest.to_path_buf(),
             expected: expected_sha,
             actual,
+        });
+    }
+    let kind = FileKind::of(dest);
+    if let Err(reason) = kind.check(&part_path) {
+        let head = read_head(&part_path, 256).unwrap_or_default();
+        discard();
+        return Err(DownloadError::NotWhatItsNameSays {
+            path: dest.to_path_buf(),
+            what: kind.describe(),
+            reason: crate::redact::redact_text(&reason),
+            content_type: content_type.map(str::to_string),
+            head: crate::redact::redact_text(&filekind::show_head(&head)),
         });
     }
     std::fs::rename(&part_path, dest).map_err(|e| local_error("move into place", dest, e))?;
@@ -1016,7 +1413,31 @@ impl PartFile {
     }
 }
 
+fn read_head(path: &Path, n: u64) -> io::Result<Vec<u8>> {
+    let mut head = Vec::new();
+    File::open(path)?.take(n).read_to_end(&mut head)?;
+    Ok(head)
+}
+
+/// The outermost folder above `path` that is a symbolic link to nothing (a
+/// shared models folder on an unmounted disk), with where it points.
+pub fn dangling_link_above(path: &Path) -> Option<(PathBuf, PathBuf)> {
+    let folders: Vec<&Path> = path.ancestors().skip(1).collect();
+    folders.into_iter().rev().find_map(|folder| {
+        let is_link = std::fs::symlink_metadata(folder).is_ok_and(|m| m.file_type().is_symlink());
+        (is_link && std::fs::metadata(folder).is_err()).then(|| {
+            (
+                folder.to_path_buf(),
+                std::fs::read_link(folder).unwrap_or_default(),
+            )
+        })
+    })
+}
+
 fn create_parent(dest: &Path) -> Result<(), DownloadError> {
+    if let Some((link, target)) = dangling_link_above(dest) {
+        return Err(DownloadError::DanglingFolder { link, target });
+    }
     match dest.parent() {
         Some(parent) if !parent.as_os_str().is_empty() => {
             std::fs::create_dir_all(parent).map_err(|e| local_error("create the folder", parent, e))
@@ -1077,30 +1498,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn redacts_credentials_in_urls() {
-        let shown = redact_url(
-            "https://user:hunter2@civitai.com/api/download/models/1?token=abc&type=Model",
-        );
-        assert!(
-            !shown.contains("hunter2") && !shown.contains("abc"),
-            "{shown}"
-        );
-        assert!(shown.contains("type=Model"), "{shown}");
-
-        let signed = redact_url(
-            "https://cdn.example/f?X-Amz-Signature=0a1b2c&expires=3600&id=Ab3xYz09Qw12Er34Ty56",
-        );
-        assert!(!signed.contains("0a1b2c"), "{signed}");
-        assert!(!signed.contains("Ab3xYz09Qw12Er34Ty56"), "{signed}");
-        assert!(signed.contains("expires=3600"), "{signed}");
-
-        assert_eq!(
-            redact_url("not a url ?token=x"),
-            "(a URL that does not parse)"
-        );
-    }
-
-    #[test]
     fn secret_token_debug_hides_it() {
         let token = SecretToken::new("tok-visible-123");
         assert_eq!(format!("{token:?}"), "SecretToken(<redacted>)");
@@ -1122,14 +1519,66 @@ mod tests {
 
     #[test]
     fn unauthorized_hint_covers_each_token_situation() {
+        let var = || "CIVITAI_TOKEN".to_string();
         assert!(
-            unauthorized_hint(Some("CIVITAI_TOKEN"), true)
+            unauthorized_hint(&TokenUse::Sent(var()))
                 .contains("$CIVITAI_TOKEN was sent and rejected")
         );
+        assert!(unauthorized_hint(&TokenUse::Unset(var())).contains("$CIVITAI_TOKEN is not set"));
+        assert!(unauthorized_hint(&TokenUse::None).contains("no token-env is set"));
+        let elsewhere = unauthorized_hint(&TokenUse::OtherHost {
+            env: var(),
+            host: "civitai.com".into(),
+        });
         assert!(
-            unauthorized_hint(Some("CIVITAI_TOKEN"), false).contains("$CIVITAI_TOKEN is not set")
+            elsewhere.contains("only sent to civitai.com") && elsewhere.contains("token-env=VAR"),
+            "{elsewhere}"
         );
-        assert!(unauthorized_hint(None, false).contains("no token-env is set"));
+        assert!(web_page_hint(&TokenUse::Unset(var())).contains("$CIVITAI_TOKEN is not set"));
+    }
+
+    #[test]
+    fn tokens_go_to_the_first_urls_host_or_their_own_url() {
+        let mut request = DownloadRequest::new(
+            vec![
+                "https://civitai.com/a".into(),
+                "https://civitai.com:443/b".into(),
+                "https://mirror.example/c".into(),
+                "https://other.example/d".into(),
+            ],
+            "/tmp/m",
+        );
+        request.token = Some(SecretToken::new("t"));
+        request.token_env = Some("CIVITAI_TOKEN".into());
+        request.url_credentials = vec![
+            None,
+            None,
+            Some(Credential {
+                env: "MIRROR_TOKEN".into(),
+                token: Some(SecretToken::new("m")),
+            }),
+        ];
+        let urls: Vec<Url> = request
+            .urls
+            .iter()
+            .map(|u| Url::parse(u).unwrap())
+            .collect();
+        let usage: Vec<TokenUse> = (0..4)
+            .map(|i| request.auth_for(i, &urls[i], &urls[0]).usage)
+            .collect();
+        assert_eq!(
+            usage,
+            [
+                TokenUse::Sent("CIVITAI_TOKEN".into()),
+                TokenUse::Sent("CIVITAI_TOKEN".into()),
+                TokenUse::Sent("MIRROR_TOKEN".into()),
+                TokenUse::OtherHost {
+                    env: "CIVITAI_TOKEN".into(),
+                    host: "civitai.com".into()
+                },
+            ]
+        );
+        assert!(request.auth_for(3, &urls[3], &urls[0]).token.is_none());
     }
 
     /// The engine spawns downloads on tokio, which needs a `Send` future.

@@ -54,7 +54,7 @@ impl DriftReport {
                 let prior = state.and_then(|s| s.resources.get(&change.address));
                 let status = match change.diff.action {
                     Action::NoOp => DriftStatus::Converged,
-                    Action::Forget => DriftStatus::RemovedFromSpec,
+                    Action::Forget | Action::Delete => DriftStatus::RemovedFromSpec,
                     _ => match prior {
                         None => DriftStatus::NotApplied,
                         Some(prior) => {

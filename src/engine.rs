@@ -153,16 +153,22 @@ pub fn select(loaded: &Loaded, targets: &[String]) -> Result<Vec<bool>, EngineEr
     Ok(loaded.graph.with_dependencies(&indices))
 }
 
-/// Desired against observed for every selected resource, in dependency
-/// order, plus "forget" for resources left in state but gone from the spec.
+/// Desired against observed for every selected resource, in the spec's
+/// order, plus "forget" for resources left in state but gone from the spec
+/// ("delete", with the paths, when `prune` will delete their files).
 pub fn make_plan(
     loaded: &Loaded,
     observations: &[Option<Result<Observation, ResourceError>>],
     state: Option<&State>,
+    prune: bool,
 ) -> Plan {
     let spec = &loaded.spec;
     let mut changes = Vec::new();
     let mut errors = Vec::new();
+    // Resources this plan changes, for kinds that react to a changed
+    // dependency: so diffs are made in graph order (dependencies first), and
+    // listed in the spec's order below.
+    let mut changing = vec![false; spec.resources.len()];
     for &i in &loaded.graph.order {
         let declared = &spec.resources[i];
         let address = declared.address.to_string();
@@ -172,7 +178,19 @@ pub fn make_plan(
         match result {
             Ok(observation) => {
                 let prior = state.and_then(|s| s.resources.get(&address));
-                let diff = declared.resource.diff(observation, prior);
+                let mut diff = declared.resource.diff(observation, prior);
+                if changing.contains(&true) {
+                    let changed: Vec<String> = loaded
+                        .graph
+                        .with_dependencies(&[i])
+                        .iter()
+                        .enumerate()
+                        .filter(|&(d, &dep)| dep && d != i && changing[d])
+                        .map(|(d, _)| spec.resources[d].address.to_string())
+                        .collect();
+                    diff = declared.resource.dependencies_changed(diff, &changed);
+                }
+                changing[i] = diff.action.is_change();
                 changes.push(PlannedChange {
                     address,
                     kind: declared.address.kind.clone(),
@@ -193,6 +211,13 @@ pub fn make_plan(
             }),
         }
     }
+    let spec_index: std::collections::HashMap<String, usize> = spec
+        .resources
+        .iter()
+        .enumerate()
+        .map(|(i, r)| (r.address.to_string(), i))
+        .collect();
+    changes.sort_by_key(|c: &PlannedChange| spec_index.get(&c.address).copied());
     let all_selected = observations.iter().all(Option::is_some);
     if let Some(state) = state.filter(|_| all_selected) {
         let declared: std::collections::HashSet<String> = spec
@@ -204,15 +229,46 @@ pub fn make_plan(
             let in_spec = declared.contains(address);
             if !in_spec {
                 let mut diff = Diff::new(Action::Forget, "no longer in the spec");
-                if entry.created && !entry.owned_paths.is_empty() {
-                    let paths: Vec<String> = entry
-                        .owned_paths
-                        .iter()
-                        .map(|p| p.display().to_string())
-                        .collect();
+                // What `--prune` would delete: the owned paths still there,
+                // and the staging files a killed write left beside them.
+                let present: Vec<String> = entry
+                    .owned_paths
+                    .iter()
+                    .flat_map(|p| [p.clone(), crate::fsutil::staging_path(p)])
+                    .filter(|p| std::fs::symlink_metadata(p).is_ok())
+                    .map(|p| p.display().to_string())
+                    .collect();
+                let work = crate::resource::prune_work(entry);
+                if prune && let Some(work) = work {
+                    diff = Diff::new(
+                        Action::Delete,
+                        "no longer in the spec; --prune undoes what plasma made",
+                    )
+                    .attribute("prune", Some(work.to_string()), None);
+                    if entry.created {
+                        for path in &present {
+                            diff = diff.attribute("path", Some(path.clone()), None);
+                        }
+                    }
+                } else if !entry.created || present.is_empty() {
+                    if prune && !present.is_empty() {
+                        diff.warnings.push(format!(
+                            "plasma did not create it, so --prune keeps {}",
+                            present.join(", ")
+                        ));
+                    }
+                } else if prune {
+                    diff = Diff::new(
+                        Action::Delete,
+                        "no longer in the spec; plasma created it and --prune deletes it",
+                    );
+                    for path in present {
+                        diff = diff.attribute("path", Some(path), None);
+                    }
+                } else {
                     diff.warnings.push(format!(
                         "its files are kept; `apply --prune` would delete {}",
-                        paths.join(", ")
+                        present.join(", ")
                     ));
                 }
                 changes.push(PlannedChange {
@@ -248,6 +304,31 @@ pub fn make_plan(
         errors,
         warnings,
     }
+}
+
+/// Kinds whose apply is a run (`apply --rerun` may force one).
+pub const RUN_KINDS: &[&str] = &["benchmark", "lora"];
+
+/// `apply --rerun ADDRESS`: plans a run of `address` even when nothing it
+/// depends on changed. Only run kinds can be forced.
+pub fn force_run(loaded: &Loaded, plan: &mut Plan, address: &str) -> Result<(), EngineError> {
+    select(loaded, &[address.to_string()])?;
+    let change = plan
+        .changes
+        .iter_mut()
+        .find(|c| c.address == address)
+        .ok_or_else(|| EngineError::Other(format!("`{address}` could not be observed")))?;
+    if !RUN_KINDS.contains(&change.kind.as_str()) {
+        return Err(EngineError::Other(format!(
+            "--rerun runs a benchmark or a training run; `{address}` is a {} (to make plasma redo it, change it or remove it from the state with `plasma state rm`)",
+            change.kind
+        )));
+    }
+    if change.diff.action == Action::NoOp {
+        change.diff = Diff::new(Action::Run, "forced by --rerun");
+    }
+    plan.summary = Plan::summarise(&plan.changes);
+    Ok(())
 }
 
 /// Where the spec is: `-f PATH`, else `plasma.kdl` here or in a folder above.

@@ -5,11 +5,14 @@
 //! and [`state`]. Resource kinds live under [`resource`], one file each.
 
 pub mod apply;
+pub mod child;
 pub mod cli;
+pub mod comfyui;
 pub mod diagnostic;
 pub mod download;
 pub mod drift;
 pub mod engine;
+pub mod filekind;
 pub mod format;
 pub mod fsutil;
 pub mod git;
@@ -21,11 +24,15 @@ pub mod lint;
 pub mod logfile;
 pub mod pin;
 pub mod plan;
+pub mod platform;
 pub mod python;
+pub mod redact;
 pub mod render;
 pub mod resource;
 pub mod safetensors;
 pub mod schema;
+pub mod service;
+pub mod size;
 pub mod spec;
 pub mod state;
 pub mod yaml;

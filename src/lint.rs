@@ -9,7 +9,8 @@ use miette::{Severity, SourceSpan};
 use serde_json::Value;
 
 use crate::diagnostic::Problem;
-use crate::spec::{Platform, Spec};
+use crate::platform::{self, Facts};
+use crate::spec::{Declared, Platform, Spec};
 
 /// A lint finding is a problem whose code is the rule's name.
 pub type Lint = Problem;
@@ -48,6 +49,14 @@ pub const PLATFORM_MISMATCH: Rule = Rule {
     summary: "the spec's `platform` says it is for another kind of machine",
 };
 
+pub const REQUIREMENT_UNMET: Rule = Rule {
+    code: "requirement-unmet",
+    severity: Severity::Error,
+    summary: "a resource's `requires` asks for more memory or another accelerator than the \
+              machine (or the spec's declared platform) has: it would fail or swap for hours \
+              (the LTX-Video MPS fork needs about 90 GB)",
+};
+
 pub const CUDA_ONLY_ON_MACOS: Rule = Rule {
     code: "cuda-only-on-macos",
     severity: Severity::Error,
@@ -75,6 +84,13 @@ pub const UNPINNED_MODEL: Rule = Rule {
     severity: Severity::Warning,
     summary: "a model without `sha256` trusts whatever the server sends the first time \
               (the digest is recorded then; `plasma pin` writes it into the spec)",
+};
+
+pub const SERVICE_EXPOSED: Rule = Rule {
+    code: "service-exposed",
+    severity: Severity::Error,
+    summary: "ComfyUI has no authentication: listening beyond loopback (bare `--listen`, \
+              0.0.0.0, ::) lets anyone on the network queue work and install nodes on this machine",
 };
 
 pub const DATASET_PREFIX_IGNORED: Rule = Rule {
@@ -117,10 +133,12 @@ pub const RULES: &[&Rule] = &[
     &CPU_WITH_ACCELERATOR,
     &PATH_OWNED_TWICE,
     &PLATFORM_MISMATCH,
+    &REQUIREMENT_UNMET,
     &CUDA_ONLY_ON_MACOS,
     &SUBMODULES_NOT_INITIALISED,
     &PICKLE_MODEL,
     &UNPINNED_MODEL,
+    &SERVICE_EXPOSED,
     &DATASET_PREFIX_IGNORED,
     &MIXED_PRECISION_ON_MPS,
     &EIGHT_BIT_OPTIMIZER_ON_MPS,
@@ -255,6 +273,7 @@ pub fn cuda_only_packages<'p>(
 /// Runs every rule over a loaded spec and drops what resources allow.
 /// Unknown `allow` codes are errors themselves.
 pub fn run(spec: &Spec) -> Vec<Problem> {
+    let facts = platform::current();
     let cx = LintContext {
         platform: &spec.platform,
     };
@@ -263,7 +282,8 @@ pub fn run(spec: &Spec) -> Vec<Problem> {
     let mut owners: HashMap<PathBuf, (String, SourceSpan, bool)> = HashMap::new();
     for declared in &spec.resources {
         let allowed = |code: &str| declared.allow.iter().any(|a| a.value == code);
-        for lint in declared.resource.lint(&cx) {
+        let requirements = requirement_unmet(declared, &spec.platform, facts);
+        for lint in declared.resource.lint(&cx).into_iter().chain(requirements) {
             if !allowed(&lint.code) {
                 problems.push(lint);
             }
@@ -292,30 +312,103 @@ pub fn run(spec: &Spec) -> Vec<Problem> {
             }
         }
     }
-    problems.extend(platform_mismatch(spec));
+    problems.extend(platform_mismatch(spec, facts));
     problems
         .into_iter()
         .map(|p| p.with_source(&spec.source))
         .collect()
 }
 
-/// The spec says what machine it is for; say so when this is not it.
-fn platform_mismatch(spec: &Spec) -> Option<Problem> {
-    let this_os = std::env::consts::OS;
-    let this_arch = std::env::consts::ARCH;
-    let os = spec.platform.os.as_ref();
-    let arch = spec.platform.arch.as_ref();
-    let wrong_os = os.filter(|o| o.value != this_os);
-    let wrong_arch = arch.filter(|a| a.value != this_arch);
-    let span = wrong_os.or(wrong_arch)?.span;
+/// The spec says what machine it is for; say so when this is not it. A
+/// warning here (plan, validate and drift still run); `apply` refuses it
+/// unless told `--ignore-platform`.
+fn platform_mismatch(spec: &Spec, facts: &Facts) -> Option<Problem> {
+    let differences = platform::differences(&spec.platform, facts);
+    if differences.is_empty() {
+        return None;
+    }
+    let p = &spec.platform;
+    let span = [
+        p.os.as_ref().map(|v| v.span),
+        p.arch.as_ref().map(|v| v.span),
+        p.accelerator.as_ref().map(|v| v.span),
+        p.memory_gb.as_ref().map(|v| v.span),
+    ]
+    .into_iter()
+    .flatten()
+    .next()
+    .or(spec.platform_span)?;
     Some(PLATFORM_MISMATCH.at(
         span,
         format!(
-            "the spec is for {}/{}, this machine is {this_os}/{this_arch}",
-            os.map_or("any", |o| o.value.as_str()),
-            arch.map_or("any", |a| a.value.as_str()),
+            "this spec is for another machine: {}",
+            differences.join("; ")
         ),
         "declared platform",
-        "plans made here show what would change on this machine, not on the declared one",
+        &format!(
+            "this machine is {}; plans here show what would change on this machine, and \
+             `plasma apply` refuses to run without --ignore-platform",
+            facts.summary()
+        ),
     ))
+}
+
+/// `requires memory=… accelerator=…` against the machine's facts and the
+/// spec's declared platform: whichever has less (or another accelerator) fails.
+fn requirement_unmet(declared: &Declared, platform: &Platform, facts: &Facts) -> Vec<Lint> {
+    let mut lints = Vec::new();
+    let requires = &declared.requires;
+    if let Some(need) = &requires.memory {
+        let declared_bytes = platform.memory_gb.as_ref().map(|g| g.value << 30);
+        let short = [
+            (facts.memory_bytes, "this machine"),
+            (declared_bytes, "the spec's platform"),
+        ]
+        .into_iter()
+        .filter_map(|(have, who)| have.filter(|h| *h < need.value).map(|h| (h, who)))
+        .next();
+        if let Some((have, who)) = short {
+            lints.push(REQUIREMENT_UNMET.at(
+                need.span,
+                format!(
+                    "`{}` needs {} of memory; {who} has {}",
+                    declared.address,
+                    gib(need.value),
+                    gib(have)
+                ),
+                "required here",
+                "run it on a machine with enough memory, or remove the resource from this machine's spec",
+            ));
+        }
+    }
+    if let Some(need) = &requires.accelerator {
+        let declared_acc = platform
+            .accelerator
+            .as_ref()
+            .map(|a| a.value.as_str())
+            .map(|a| if a == "none" { "cpu" } else { a });
+        let wrong = [
+            (Some(facts.accelerator.as_str()), "this machine"),
+            (declared_acc, "the spec's platform"),
+        ]
+        .into_iter()
+        .find_map(|(have, who)| have.filter(|h| *h != need.value).map(|h| (h, who)));
+        if let Some((have, who)) = wrong {
+            lints.push(REQUIREMENT_UNMET.at(
+                need.span,
+                format!(
+                    "`{}` needs accelerator {}; {who} has {have}",
+                    declared.address, need.value
+                ),
+                "required here",
+                "run it on a machine with that accelerator, or remove the resource from this machine's spec",
+            ));
+        }
+    }
+    lints
+}
+
+/// Bytes as GiB with one decimal (`95.5 GiB`).
+fn gib(bytes: u64) -> String {
+    format!("{:.1} GiB", bytes as f64 / (1u64 << 30) as f64)
 }

@@ -19,9 +19,12 @@ pub enum Action {
     Replace,
     /// A run (benchmark, training) will happen.
     Run,
-    /// In state but no longer in the spec: dropped from state (files are kept
-    /// unless `apply --prune`).
+    /// In state but no longer in the spec: dropped from state, its files kept.
     Forget,
+    /// In state but no longer in the spec, created by plasma, under
+    /// `--prune`: its files (the change's `path` attributes) are deleted and
+    /// it is dropped from state.
+    Delete,
     /// Already matches the spec.
     NoOp,
 }
@@ -38,7 +41,7 @@ impl Action {
             Action::Update => "~",
             Action::Replace => "-/+",
             Action::Run => ">",
-            Action::Forget => "-",
+            Action::Forget | Action::Delete => "-",
             Action::NoOp => " ",
         }
     }
@@ -51,6 +54,7 @@ impl Action {
             Action::Replace => "must be replaced",
             Action::Run => "will run",
             Action::Forget => "will be forgotten",
+            Action::Delete => "will be deleted",
             Action::NoOp => "is up to date",
         }
     }
@@ -62,6 +66,7 @@ impl Action {
             Action::Replace => "destroy and then create replacement",
             Action::Run => "run",
             Action::Forget => "forget (remove from state; files are kept)",
+            Action::Delete => "delete (its files are deleted and it is removed from state)",
             Action::NoOp => "no-op",
         }
     }
@@ -167,6 +172,8 @@ pub struct Summary {
     pub replace: usize,
     pub run: usize,
     pub forget: usize,
+    #[serde(default)]
+    pub delete: usize,
     pub no_op: usize,
 }
 
@@ -189,7 +196,8 @@ pub struct Plan {
     pub format_version: u32,
     pub plasma_version: String,
     pub basis: PlanBasis,
-    /// Every resource in dependency order, including the ones with no change.
+    /// Every resource in the spec's order, including the ones with no change,
+    /// then the ones in state but gone from the spec (forget or delete).
     pub changes: Vec<PlannedChange>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub errors: Vec<PlanError>,
@@ -208,6 +216,7 @@ impl Plan {
                 Action::Replace => s.replace += 1,
                 Action::Run => s.run += 1,
                 Action::Forget => s.forget += 1,
+                Action::Delete => s.delete += 1,
                 Action::NoOp => s.no_op += 1,
             }
         }

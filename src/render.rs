@@ -40,7 +40,7 @@ impl Style {
         match action {
             Action::Create => self.green(text),
             Action::Update => self.yellow(text),
-            Action::Replace | Action::Forget => self.red(text),
+            Action::Replace | Action::Forget | Action::Delete => self.red(text),
             Action::Run => self.paint("36", text),
             Action::NoOp => text.to_string(),
         }
@@ -86,6 +86,7 @@ pub fn plan(plan: &Plan, style: Style) -> String {
         Action::Replace,
         Action::Run,
         Action::Forget,
+        Action::Delete,
     ] {
         if changes.iter().any(|c| c.diff.action == action) {
             let _ = writeln!(
@@ -145,7 +146,7 @@ pub fn plan(plan: &Plan, style: Style) -> String {
     out
 }
 
-/// "Plan: 2 to create, 1 to change, 0 to replace." (run and forget only when present).
+/// "Plan: 2 to create, 1 to change, 0 to replace." (run, forget and delete only when present).
 pub fn summary_line(s: &Summary) -> String {
     let mut line = format!(
         "Plan: {} to create, {} to change, {} to replace",
@@ -156,6 +157,9 @@ pub fn summary_line(s: &Summary) -> String {
     }
     if s.forget > 0 {
         let _ = write!(line, ", {} to forget", s.forget);
+    }
+    if s.delete > 0 {
+        let _ = write!(line, ", {} to delete", s.delete);
     }
     line.push('.');
     line

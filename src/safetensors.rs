@@ -150,6 +150,26 @@ pub enum SafetensorsError {
     BadHeader { path: PathBuf, detail: String },
 }
 
+impl SafetensorsError {
+    /// What is wrong with the file, without its path: the message with the
+    /// leading "PATH is not a safetensors file: " (or "PATH ") removed.
+    pub fn reason(&self) -> String {
+        let message = self.to_string();
+        let path = match self {
+            SafetensorsError::Io { path, .. }
+            | SafetensorsError::TooShort { path, .. }
+            | SafetensorsError::HeaderTooLarge { path, .. }
+            | SafetensorsError::Truncated { path, .. }
+            | SafetensorsError::InvalidJson { path, .. }
+            | SafetensorsError::BadHeader { path, .. } => path.display().to_string(),
+        };
+        let rest = message.strip_prefix(&path).unwrap_or(&message).trim_start();
+        rest.strip_prefix("is not a safetensors file: ")
+            .unwrap_or(rest)
+            .to_string()
+    }
+}
+
 /// Reads the header of the safetensors file at `path` (and nothing else).
 pub fn read_header(path: &Path) -> Result<SafetensorsInfo, SafetensorsError> {
     let io_error = |source| SafetensorsError::Io {

@@ -5,16 +5,26 @@ use super::*;
 pub(super) async fn apply_spec(
     env: &Env,
     observe: &ObserveArgs,
+    rerun: &[String],
     yes: bool,
     options: &ApplyOptions,
     lock_timeout: Duration,
+    ignore_platform: bool,
 ) -> CommandResult {
     let loaded = load(env)?;
-    let _lock = loaded.state_file.lock(lock_timeout, "apply")?;
-    let state = loaded.state_file.load()?;
-    let selected = engine::select(&loaded, &observe.targets)?;
+    check_platform(&loaded, ignore_platform)?;
+    let _lock = lock_state(&loaded.state_file, lock_timeout, "apply")?;
+    let state = read_state(env, &loaded.state_file)?;
+    let mut targets = observe.targets.clone();
+    if !targets.is_empty() {
+        targets.extend(rerun.iter().cloned());
+    }
+    let selected = engine::select(&loaded, &targets)?;
     let results = engine::observe(&loaded, state.as_ref(), &observe.options(), &selected).await;
-    let plan = engine::make_plan(&loaded, &results, state.as_ref());
+    let mut plan = engine::make_plan(&loaded, &results, state.as_ref(), options.prune);
+    for address in rerun {
+        engine::force_run(&loaded, &mut plan, address)?;
+    }
     print!("{}", render::plan(&plan, env.style));
     if !plan.errors.is_empty() {
         return Err(Failure::Message(
@@ -33,10 +43,36 @@ pub(super) async fn apply_spec(
         }
         return Ok(EXIT_OK);
     }
+    // Before anything changes (and before asking): the state must be writable.
+    loaded.state_file.check_writable(state.as_ref())?;
     if !yes {
         confirm()?;
     }
     run_apply(env, &loaded, &plan, &observations, state, options).await
+}
+
+/// A spec for another machine is planned under a warning but never applied
+/// unless the user says `--ignore-platform`.
+fn check_platform(loaded: &Loaded, ignore: bool) -> Result<(), Failure> {
+    let facts = crate::platform::current();
+    let differences = crate::platform::differences(&loaded.spec.platform, facts);
+    if differences.is_empty() {
+        return Ok(());
+    }
+    if ignore {
+        eprintln!(
+            "Warning: applying a spec for another machine (--ignore-platform): {}",
+            differences.join("; ")
+        );
+        return Ok(());
+    }
+    Err(Failure::Message(format!(
+        "{} is for another machine ({}); this machine is {}. Nothing was changed: \
+         fix the spec's `platform`, or pass --ignore-platform to apply it here anyway.",
+        loaded.spec.path.display(),
+        differences.join("; "),
+        facts.summary()
+    )))
 }
 
 /// Asks for "yes" on a terminal; elsewhere `--yes` is required.
@@ -66,7 +102,15 @@ pub(super) async fn apply_saved(
     file: &Path,
     options: &ApplyOptions,
     lock_timeout: Duration,
+    ignore_platform: bool,
 ) -> CommandResult {
+    if options.prune {
+        return Err(Failure::Message(format!(
+            "a saved plan already says what it deletes; make it with `plasma plan --prune --out {}` \
+             instead of passing --prune to apply (nothing was changed)",
+            file.display()
+        )));
+    }
     let text = std::fs::read(file)
         .map_err(|e| Failure::Message(format!("cannot read the plan {}: {e}", file.display())))?;
     let saved: Plan = serde_json::from_slice(&text).map_err(|e| {
@@ -87,6 +131,7 @@ pub(super) async fn apply_saved(
         .clone()
         .unwrap_or_else(|| PathBuf::from(&saved.basis.spec));
     let loaded = engine::load(&spec_file, env.state.as_deref())?;
+    check_platform(&loaded, ignore_platform)?;
     let stale = |why: String| {
         Failure::Message(format!(
             "the saved plan {} is stale: {why}. Nothing was changed; run `plasma plan --out {}` again.",
@@ -100,8 +145,8 @@ pub(super) async fn apply_saved(
             loaded.spec.path.display()
         )));
     }
-    let _lock = loaded.state_file.lock(lock_timeout, "apply")?;
-    let state = loaded.state_file.load()?;
+    let _lock = lock_state(&loaded.state_file, lock_timeout, "apply")?;
+    let state = read_state(env, &loaded.state_file)?;
     let lineage = state.as_ref().map(|s| s.lineage.clone());
     let serial = state.as_ref().map_or(0, |s| s.serial);
     if lineage != saved.basis.state_lineage || serial != saved.basis.state_serial {
@@ -140,6 +185,7 @@ pub(super) async fn apply_saved(
         }
         observations.push(observation);
     }
+    loaded.state_file.check_writable(state.as_ref())?;
     println!("Applying the saved plan {}.", file.display());
     run_apply(env, &loaded, &saved, &observations, state, options).await
 }
@@ -156,6 +202,7 @@ impl Progress for Printer {
             Action::Replace => "Replacing",
             Action::Run => "Running",
             Action::Forget => "Forgetting",
+            Action::Delete => "Deleting",
             Action::NoOp => "Checking",
         };
         println!("{address}: {verb}...");
@@ -170,6 +217,7 @@ impl Progress for Printer {
                     Action::Replace => "Replaced",
                     Action::Run => "Ran",
                     Action::Forget => "Forgotten",
+                    Action::Delete => "Deleted",
                     Action::NoOp => "Unchanged",
                 };
                 println!("{address}: {} [{seconds:.1}s]", self.style.green(verb));

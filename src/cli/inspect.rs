@@ -2,6 +2,67 @@
 
 use super::*;
 
+/// `plasma show platform`: the machine's facts (os, arch, accelerator with
+/// the driver's CUDA version, memory, the Pythons found), as text or JSON.
+pub(super) fn show_platform(json: bool) -> CommandResult {
+    let facts = crate::platform::current();
+    let cuda = (facts.accelerator == "cuda")
+        .then(crate::platform::cuda_version)
+        .flatten();
+    let pythons = crate::platform::pythons();
+    if json {
+        print_json(&serde_json::json!({
+            "facts": facts,
+            "cuda_version": cuda,
+            "pythons": pythons,
+        }));
+        return Ok(EXIT_OK);
+    }
+    let faked = |what: &str| {
+        if facts
+            .faked
+            .iter()
+            .any(|f| f == what || (what == "memory" && f == "memory-gb"))
+        {
+            format!(" (from {})", crate::platform::FAKE_VAR)
+        } else {
+            String::new()
+        }
+    };
+    println!("os           {}{}", facts.os, faked("os"));
+    println!("arch         {}{}", facts.arch, faked("arch"));
+    let accelerator = match &cuda {
+        Some(v) => format!("cuda (driver supports CUDA {v})"),
+        None => facts.accelerator.clone(),
+    };
+    println!("accelerator  {accelerator}{}", faked("accelerator"));
+    match facts.memory_bytes {
+        Some(bytes) => println!(
+            "memory       {:.1} GiB ({bytes} bytes){}",
+            bytes as f64 / (1u64 << 30) as f64,
+            faked("memory")
+        ),
+        None => println!("memory       unknown"),
+    }
+    if pythons.is_empty() {
+        println!("pythons      none found on PATH or in pyenv");
+    }
+    for (i, python) in pythons.iter().enumerate() {
+        println!(
+            "{}{} {}",
+            if i == 0 {
+                "pythons      "
+            } else {
+                "             "
+            },
+            python.version,
+            python.path.display()
+        );
+    }
+    println!("\nAs a spec line: platform {}", facts.summary());
+    Ok(EXIT_OK)
+}
+
 pub(super) async fn show(env: &Env, address: &str, json: bool, command: bool) -> CommandResult {
     let loaded = load(env)?;
     if command {
@@ -23,7 +84,7 @@ pub(super) async fn show(env: &Env, address: &str, json: bool, command: bool) ->
         println!("{}", lora.command_line(&loaded.state_file.dir()));
         return Ok(EXIT_OK);
     }
-    let state = loaded.state_file.load()?;
+    let state = read_state(env, &loaded.state_file)?;
     let Some(index) = loaded
         .spec
         .resources
@@ -86,6 +147,9 @@ pub(super) async fn show(env: &Env, address: &str, json: bool, command: bool) ->
             }
             None => println!("never applied"),
         }
+        if let Some(extra) = loaded.spec.resources[index].resource.show() {
+            print!("{extra}");
+        }
     }
     Ok(EXIT_OK)
 }
@@ -129,9 +193,9 @@ pub(super) fn state_command(env: &Env, cmd: StateCommand) -> CommandResult {
         Some(p) => crate::state::StateFile { path: p.clone() },
         None => crate::state::StateFile::beside(spec.parent().unwrap_or(Path::new("."))),
     };
-    let state = state_file.load()?;
     match cmd {
         StateCommand::List => {
+            let state = read_state(env, &state_file)?;
             for (address, entry) in state.iter().flat_map(|s| &s.resources) {
                 println!(
                     "{address}\t{}",
@@ -143,6 +207,7 @@ pub(super) fn state_command(env: &Env, cmd: StateCommand) -> CommandResult {
             Ok(EXIT_OK)
         }
         StateCommand::Show { address } => {
+            let state = read_state(env, &state_file)?;
             let entry = state
                 .as_ref()
                 .and_then(|s| s.resources.get(&address))
@@ -154,15 +219,29 @@ pub(super) fn state_command(env: &Env, cmd: StateCommand) -> CommandResult {
             address,
             lock_timeout,
         } => {
-            let _lock = state_file.lock(lock_timeout, "state rm")?;
-            let mut state = state_file
-                .load()?
+            let _lock = lock_state(&state_file, lock_timeout, "state rm")?;
+            let mut state = read_state(env, &state_file)?
                 .ok_or_else(|| Failure::Message("there is no state yet".into()))?;
             if state.resources.remove(&address).is_none() {
                 return Err(Failure::Message(format!("`{address}` is not in the state")));
             }
             state_file.save(&mut state)?;
             println!("Removed {address} from the state (its files are kept).");
+            Ok(EXIT_OK)
+        }
+        StateCommand::Restore {
+            force,
+            lock_timeout,
+        } => {
+            let _lock = lock_state(&state_file, lock_timeout, "state restore")?;
+            let restored = state_file.restore(force)?;
+            println!(
+                "Restored the state from {} ({} resources, lineage {}, now serial {}).",
+                state_file.backup_path().display(),
+                restored.resources.len(),
+                restored.lineage,
+                restored.serial
+            );
             Ok(EXIT_OK)
         }
     }

@@ -7,7 +7,7 @@ mod plan;
 mod spec_file;
 
 use apply_commands::{apply_saved, apply_spec};
-use inspect::{show, state_command};
+use inspect::{show, show_platform, state_command};
 use plan::{drift, plan};
 use spec_file::{fmt, init, pin, validate};
 
@@ -48,6 +48,10 @@ pub struct Cli {
     /// The state file (default: .plasma/state.json beside the spec).
     #[arg(long, global = true)]
     pub state: Option<PathBuf>,
+    /// Start a new state when the state file is missing, even though its
+    /// backup is there (otherwise an error offers `plasma state restore`).
+    #[arg(long, global = true)]
+    pub new_state: bool,
     /// When to use colour.
     #[arg(long, global = true, value_enum, default_value_t = ColorChoice::Auto)]
     pub color: ColorChoice,
@@ -91,6 +95,10 @@ pub enum Command {
         /// Exit 0 when converged, 2 when there are changes, 1 on error.
         #[arg(long)]
         detailed_exitcode: bool,
+        /// Plan as `apply --prune` would: removed resources that plasma
+        /// created are deletes, with their paths.
+        #[arg(long)]
+        prune: bool,
         #[arg(long)]
         json: bool,
     },
@@ -109,9 +117,15 @@ pub enum Command {
         /// Delete the files of resources removed from the spec (only those plasma created).
         #[arg(long)]
         prune: bool,
+        /// Run this benchmark (or other run kind) even when nothing it depends on changed.
+        #[arg(long, value_name = "ADDRESS")]
+        rerun: Vec<String>,
         /// How long to wait for another plasma holding the state lock (e.g. "30s").
         #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
         lock_timeout: Duration,
+        /// Apply even though the spec's `platform` is not this machine.
+        #[arg(long)]
+        ignore_platform: bool,
     },
     /// Say whether the machine still matches: exit 0 converged, 2 drifted, 1 error.
     Drift {
@@ -120,10 +134,14 @@ pub enum Command {
         verify: bool,
         #[arg(long)]
         json: bool,
+        /// Print nothing when the machine matches (for cron: mail only on drift).
+        #[arg(long, short = 'q', conflicts_with = "json")]
+        quiet: bool,
     },
     /// Print the resource graph in Graphviz DOT.
     Graph,
     /// Show one resource: what is observed now and what state recorded.
+    /// `plasma show platform` prints this machine's facts instead.
     Show {
         address: String,
         #[arg(long)]
@@ -176,6 +194,15 @@ pub enum StateCommand {
         #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
         lock_timeout: Duration,
     },
+    /// Put the backup (state.json.backup, the state before the last write)
+    /// back in place of a missing state.
+    Restore {
+        /// Replace an existing (e.g. unreadable) state too.
+        #[arg(long)]
+        force: bool,
+        #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
+        lock_timeout: Duration,
+    },
 }
 
 /// A command's failure, already worded for the user.
@@ -206,6 +233,7 @@ type CommandResult = Result<u8, Failure>;
 struct Env {
     cli_file: Option<PathBuf>,
     state: Option<PathBuf>,
+    new_state: bool,
     style: Style,
     stderr_color: bool,
 }
@@ -228,6 +256,7 @@ pub fn main() -> ExitCode {
     let env = Env {
         cli_file: cli.file,
         state: cli.state,
+        new_state: cli.new_state,
         style,
         stderr_color,
     };
@@ -263,28 +292,62 @@ async fn dispatch(command: Command, env: &Env) -> CommandResult {
             observe,
             out,
             detailed_exitcode,
+            prune,
             json,
-        } => plan(env, &observe, out.as_deref(), detailed_exitcode, json).await,
+        } => {
+            plan(
+                env,
+                &observe,
+                out.as_deref(),
+                detailed_exitcode,
+                prune,
+                json,
+            )
+            .await
+        }
         Command::Apply {
             plan_file,
             observe,
             yes,
             parallelism,
             prune,
+            rerun,
             lock_timeout,
+            ignore_platform,
         } => {
             let options = ApplyOptions { parallelism, prune };
             match plan_file {
-                Some(file) => apply_saved(env, &file, &options, lock_timeout).await,
-                None => apply_spec(env, &observe, yes, &options, lock_timeout).await,
+                Some(_) if !rerun.is_empty() => Err(Failure::Message(
+                    "--rerun goes with a plan made now, not with a saved plan".into(),
+                )),
+                Some(file) => {
+                    apply_saved(env, &file, &options, lock_timeout, ignore_platform).await
+                }
+                None => {
+                    apply_spec(
+                        env,
+                        &observe,
+                        &rerun,
+                        yes,
+                        &options,
+                        lock_timeout,
+                        ignore_platform,
+                    )
+                    .await
+                }
             }
         }
-        Command::Drift { verify, json } => drift(env, verify, json).await,
+        Command::Drift {
+            verify,
+            json,
+            quiet,
+        } => drift(env, verify, json, quiet).await,
         Command::Graph => {
             let loaded = load(env)?;
             print!("{}", loaded.graph.to_dot(&loaded.spec));
             Ok(EXIT_OK)
         }
+        Command::Show { address, json, .. } if address == "platform" => show_platform(json),
         Command::Show {
             address,
             json,
@@ -315,6 +378,30 @@ fn load(env: &Env) -> Result<Loaded, Failure> {
         eprint!("{}", diagnostic::render(&loaded.warnings, env.stderr_color));
     }
     Ok(loaded)
+}
+
+/// The state, as `--new-state` allows: a missing state with a backup is an
+/// error unless the user asked to start over.
+fn read_state(env: &Env, state_file: &crate::state::StateFile) -> Result<Option<State>, Failure> {
+    Ok(if env.new_state {
+        state_file.load_fresh()?
+    } else {
+        state_file.load()?
+    })
+}
+
+/// Takes the state lock, saying so when it was taken over from a plasma
+/// that ended without releasing it.
+fn lock_state(
+    state_file: &crate::state::StateFile,
+    timeout: Duration,
+    command: &str,
+) -> Result<crate::state::StateLock, Failure> {
+    let lock = state_file.lock(timeout, command)?;
+    if let Some(warning) = lock.takeover_warning() {
+        eprintln!("Warning: {warning}");
+    }
+    Ok(lock)
 }
 
 fn print_json<T: serde::Serialize>(value: &T) {

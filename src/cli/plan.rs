@@ -6,12 +6,13 @@ use super::*;
 pub(super) async fn make_plan(
     env: &Env,
     observe: &ObserveArgs,
+    prune: bool,
 ) -> Result<(Loaded, Option<State>, Plan, Vec<Option<Observation>>), Failure> {
     let loaded = load(env)?;
-    let state = loaded.state_file.load()?;
+    let state = read_state(env, &loaded.state_file)?;
     let selected = engine::select(&loaded, &observe.targets)?;
     let results = engine::observe(&loaded, state.as_ref(), &observe.options(), &selected).await;
-    let plan = engine::make_plan(&loaded, &results, state.as_ref());
+    let plan = engine::make_plan(&loaded, &results, state.as_ref(), prune);
     let observations = results
         .into_iter()
         .map(|r| r.and_then(Result::ok))
@@ -24,9 +25,10 @@ pub(super) async fn plan(
     observe: &ObserveArgs,
     out: Option<&Path>,
     detailed: bool,
+    prune: bool,
     json: bool,
 ) -> CommandResult {
-    let (_, _, plan, _) = make_plan(env, observe).await?;
+    let (_, _, plan, _) = make_plan(env, observe, prune).await?;
     if json {
         print_json(&plan);
     } else {
@@ -54,16 +56,18 @@ pub(super) async fn plan(
     })
 }
 
-pub(super) async fn drift(env: &Env, verify: bool, json: bool) -> CommandResult {
+/// `drift`: exit 0 converged, 2 drifted, 1 error. `quiet` prints nothing
+/// when converged, so cron mails only when something is wrong.
+pub(super) async fn drift(env: &Env, verify: bool, json: bool, quiet: bool) -> CommandResult {
     let observe = ObserveArgs {
         verify,
         ..ObserveArgs::default()
     };
-    let (loaded, state, plan, _) = make_plan(env, &observe).await?;
+    let (loaded, state, plan, _) = make_plan(env, &observe, false).await?;
     let report = DriftReport::from_plan(&loaded, &plan, state.as_ref());
     if json {
         print_json(&report);
-    } else {
+    } else if !(quiet && report.converged) {
         print!("{}", report.human());
     }
     Ok(if !report.errors.is_empty() {

@@ -10,16 +10,35 @@ pub(super) fn init(force: bool) -> CommandResult {
             path.display()
         )));
     }
-    fsutil::write_atomic(&path, STARTER.as_bytes(), None)
+    let facts = crate::platform::current();
+    fsutil::write_atomic(&path, starter(facts).as_bytes(), None)
         .map_err(|e| Failure::Message(format!("cannot write {}: {e}", path.display())))?;
     println!(
-        "Wrote {}. Next: `plasma validate`, then `plasma plan`.",
-        path.display()
+        "Wrote {} for this machine ({}). Next: `plasma validate`, then `plasma plan`.",
+        path.display(),
+        facts.summary()
     );
     Ok(EXIT_OK)
 }
 
-const STARTER: &str = include_str!("starter.kdl");
+/// The starter spec for a machine with these facts: its platform line, and
+/// an accelerate config that fits its accelerator (fp16 only on CUDA; MPS
+/// refuses it; a CPU-only machine sets `use_cpu`), written beside the spec
+/// rather than over the user's real accelerate config.
+fn starter(facts: &crate::platform::Facts) -> String {
+    let (mixed_precision, note, use_cpu) = match facts.accelerator.as_str() {
+        "cuda" => ("fp16", "fp16 halves memory on CUDA", "#false"),
+        "mps" => ("no", "fp16 fails on MPS", "#false"),
+        _ => ("no", "no accelerator: full precision on the CPU", "#true"),
+    };
+    include_str!("starter.kdl")
+        .replace("{platform}", &facts.summary())
+        .replace("{mixed_precision}", mixed_precision)
+        .replace("{mixed_precision_note}", note)
+        .replace("{use_cpu}", use_cpu)
+        .replace("{{", "{")
+        .replace("}}", "}")
+}
 
 pub(super) fn validate(env: &Env, json: bool) -> CommandResult {
     let path = spec_path(env)?;
@@ -69,8 +88,7 @@ pub(super) fn fmt(env: &Env, check: bool) -> CommandResult {
         println!("{} is not formatted (run `plasma fmt`)", path.display());
         return Ok(EXIT_ERROR);
     }
-    fsutil::write_atomic(&path, formatted.as_bytes(), None)
-        .map_err(|e| Failure::Message(format!("cannot write {}: {e}", path.display())))?;
+    rewrite_spec(&path, &formatted)?;
     println!("Formatted {}", path.display());
     Ok(EXIT_OK)
 }
@@ -80,7 +98,7 @@ pub(super) fn fmt(env: &Env, check: bool) -> CommandResult {
 pub(super) fn pin(env: &Env) -> CommandResult {
     use crate::resource::model::Model;
     let loaded = load(env)?;
-    let state = loaded.state_file.load()?;
+    let state = read_state(env, &loaded.state_file)?;
     let mut digests = std::collections::BTreeMap::new();
     for declared in &loaded.spec.resources {
         let Some(model) = declared.resource.as_any().downcast_ref::<Model>() else {
@@ -117,15 +135,33 @@ pub(super) fn pin(env: &Env) -> CommandResult {
             loaded.spec.path.display()
         ))
     })?;
-    let mode = std::fs::metadata(&loaded.spec.path)
-        .ok()
-        .map(|m| std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o7777);
-    fsutil::write_atomic(&loaded.spec.path, pinned.text.as_bytes(), mode).map_err(|e| {
-        Failure::Message(format!("cannot write {}: {e}", loaded.spec.path.display()))
-    })?;
+    rewrite_spec(&loaded.spec.path, &pinned.text)?;
     for (name, digest) in &pinned.pinned {
         println!("model.{name}: pinned sha256 {digest}");
     }
     println!("Wrote {}.", loaded.spec.path.display());
     Ok(EXIT_OK)
+}
+
+/// Replaces the user's spec with `text`, atomically, as the file it is: a
+/// symlinked spec is written at the symlink's target (the link stays), and
+/// the file keeps its mode and, where plasma may set it, its owner.
+fn rewrite_spec(path: &Path, text: &str) -> Result<(), Failure> {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let failed =
+        |e: std::io::Error| Failure::Message(format!("cannot write {}: {e}", path.display()));
+    let target = std::fs::canonicalize(path).map_err(failed)?;
+    let before = std::fs::metadata(&target).map_err(failed)?;
+    fsutil::write_atomic(
+        &target,
+        text.as_bytes(),
+        Some(before.permissions().mode() & 0o7777),
+    )
+    .map_err(failed)?;
+    let after = std::fs::metadata(&target).map_err(failed)?;
+    if (after.uid(), after.gid()) != (before.uid(), before.gid()) {
+        // Only root can give the file back; anyone else wrote their own file.
+        let _ = std::os::unix::fs::chown(&target, Some(before.uid()), Some(before.gid()));
+    }
+    Ok(())
 }

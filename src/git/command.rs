@@ -93,10 +93,8 @@ impl Git {
                 .join(" "),
             &secrets,
         );
-        let output = self
-            .command(dir, &args)
-            .output()
-            .map_err(|e| match e.kind() {
+        let output =
+            crate::child::output(&mut self.command(dir, &args)).map_err(|e| match e.kind() {
                 io::ErrorKind::NotFound => GitError::GitNotFound,
                 _ => GitError::CannotRunGit(e.to_string()),
             })?;

@@ -435,6 +435,16 @@ impl Git {
     }
 
     /// HEAD's commit and branch, from files when possible, else from `git rev-parse`.
+    /// The commit checked out at `path`, read from git's files where it can
+    /// be (a `git rev-parse` only for heads the files do not settle);
+    /// `None` when `path` is not a clone or has no commits.
+    pub fn head_commit(&self, path: &Path) -> Result<Option<String>, GitError> {
+        let Some(dirs) = GitDirs::locate(path).map_err(|e| GitError::io("read", path, e))? else {
+            return Ok(None);
+        };
+        Ok(self.head(path, &dirs)?.0)
+    }
+
     fn head(
         &self,
         work_tree: &Path,

@@ -1,42 +1,9 @@
 //! Hiding credentials embedded in URLs (`https://user:token@host/...`) before any
 //! text reaches a user, a log, an error or `Debug` output.
 
-/// Returns `url` with the credentials in its authority replaced by `***`.
-///
-/// For `http(s)`, `ftp(s)` and unknown schemes the whole user-info part is hidden,
-/// because a token is as often the user name (`https://TOKEN@host`) as the password.
-/// For `ssh://` only a password is hidden: `ssh://git@host/x` stays readable.
-/// scp-like addresses (`git@host:org/repo`) and local paths carry no secret and pass
-/// through unchanged.
-pub fn redact_url(url: &str) -> String {
-    redact_text(url)
-}
-
-/// Redacts every `scheme://user:secret@host` occurrence inside free text, such as the
-/// standard error of a git command.
-pub fn redact_text(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    let mut rest = text;
-    while let Some(separator) = rest.find("://") {
-        let (before, after) = rest.split_at(separator);
-        let scheme = trailing_scheme(before);
-        out.push_str(before);
-        out.push_str("://");
-        let after = &after[3..];
-        let authority_end = after.find(ends_authority).unwrap_or(after.len());
-        let authority = &after[..authority_end];
-        match authority.rfind('@') {
-            Some(at) => {
-                out.push_str(&redact_userinfo(scheme, &authority[..at]));
-                out.push_str(&authority[at..]);
-            }
-            None => out.push_str(authority),
-        }
-        rest = &after[authority_end..];
-    }
-    out.push_str(rest);
-    out
-}
+/// The program's one URL redaction rule ([`crate::redact`]), under the names
+/// this module has always used.
+pub use crate::redact::{redact_text, redact_url};
 
 /// The raw secrets a URL carries (what [`redact_url`] hides), so that text which
 /// quotes them without the surrounding URL can be scrubbed too.
@@ -98,17 +65,6 @@ fn keeps_user_name(scheme: &str) -> bool {
         scheme.to_ascii_lowercase().as_str(),
         "ssh" | "git+ssh" | "ssh+git"
     )
-}
-
-fn redact_userinfo(scheme: &str, userinfo: &str) -> String {
-    if keeps_user_name(scheme) {
-        match userinfo.split_once(':') {
-            Some((user, _)) => format!("{user}:***"),
-            None => userinfo.to_string(),
-        }
-    } else {
-        "***".to_string()
-    }
 }
 
 #[cfg(test)]

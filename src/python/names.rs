@@ -78,36 +78,10 @@ fn split_release(version: &str) -> (Vec<u64>, &str) {
     (release, rest)
 }
 
-/// Replaces the `user:password@` part of every URL in `text` with `***@`.
-///
-/// Used on every string this module produces from installer output, command
-/// lines and errors, so a token embedded in an index URL never reaches a
-/// log, a plan or a terminal.
-pub fn redact_credentials(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    let mut rest = text;
-    while let Some(scheme_end) = rest.find("://") {
-        let authority_start = scheme_end + 3;
-        out.push_str(&rest[..authority_start]);
-        rest = &rest[authority_start..];
-        let authority_len = rest
-            .find(|c: char| {
-                c == '/' || c == '?' || c == '#' || c.is_whitespace() || "\"'<>`".contains(c)
-            })
-            .unwrap_or(rest.len());
-        let authority = &rest[..authority_len];
-        match authority.rfind('@') {
-            Some(at) => {
-                out.push_str("***");
-                out.push_str(&authority[at..]);
-            }
-            None => out.push_str(authority),
-        }
-        rest = &rest[authority_len..];
-    }
-    out.push_str(rest);
-    out
-}
+/// The program's one URL redaction rule ([`crate::redact::redact_text`]):
+/// used on every string this module produces from installer output, command
+/// lines and errors.
+pub use crate::redact::redact_text as redact_credentials;
 
 /// The `user:password` part of a URL, if it has one (used to scrub those
 /// exact strings from installer output in any form the installer prints).

@@ -102,14 +102,10 @@ pub(crate) fn describe(cmd: &Command, scrubber: &Scrubber) -> String {
 /// [`PyError::CommandFailed`] carrying the tail of the output.
 pub(crate) fn run(cmd: &mut Command, scrubber: &Scrubber) -> Result<Finished, PyError> {
     let command = describe(cmd, scrubber);
-    let output = non_interactive(cmd)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .output()
-        .map_err(|e| PyError::SpawnFailed {
-            command: command.clone(),
-            detail: e.to_string(),
-        })?;
+    let output = crate::child::output(non_interactive(cmd)).map_err(|e| PyError::SpawnFailed {
+        command: command.clone(),
+        detail: e.to_string(),
+    })?;
     let stdout = scrubber.scrub(&String::from_utf8_lossy(&output.stdout));
     let stderr = scrubber.scrub(&String::from_utf8_lossy(&output.stderr));
     let mut combined = stdout.clone();

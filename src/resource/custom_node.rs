@@ -297,15 +297,16 @@ impl Kind for CustomNode {
 /// Runs the node's `install.py` with the venv's Python in the node's folder;
 /// its output goes to the log, and a failure quotes the log's tail.
 async fn run_install_script(python: &Path, folder: &Path, log: &Path) -> Result<(), ResourceError> {
-    let output = tokio::process::Command::new(python)
-        .arg(INSTALL_SCRIPT)
-        .current_dir(folder)
-        .env("PIP_NO_INPUT", "1")
-        .env("GIT_TERMINAL_PROMPT", "0")
-        .stdin(std::process::Stdio::null())
-        .output()
-        .await
-        .map_err(|e| ResourceError::new(format!("cannot run {}: {e}", python.display())))?;
+    let output = crate::child::output_async(
+        tokio::process::Command::new(python)
+            .arg(INSTALL_SCRIPT)
+            .current_dir(folder)
+            .env("PIP_NO_INPUT", "1")
+            .env("GIT_TERMINAL_PROMPT", "0")
+            .stdin(std::process::Stdio::null()),
+    )
+    .await
+    .map_err(|e| ResourceError::new(format!("cannot run {}: {e}", python.display())))?;
     let text = format!(
         "$ {} {INSTALL_SCRIPT}\n{}{}",
         python.display(),

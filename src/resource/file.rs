@@ -110,13 +110,42 @@ impl File {
     }
 }
 
+/// `mode "0644"` (octal digits in a string) or `mode 0o644` (a KDL octal
+/// number). A bare number such as `644` is decimal in KDL (0o1204), so it is
+/// refused with the fix rather than read as a mode nobody meant.
 fn parse_mode(r: &NodeReader<'_, '_>) -> Option<u32> {
     let child = r.child("mode")?;
     let entry = child.entries().first()?;
+    let octal_digits = |text: &str| {
+        (!text.is_empty() && text.bytes().all(|b| (b'0'..=b'7').contains(&b)))
+            .then(|| u32::from_str_radix(text, 8).ok())
+            .flatten()
+    };
     let parsed = match entry.value() {
-        // `mode 0o644` is a KDL octal number.
-        kdl::KdlValue::Integer(i) => u32::try_from(*i).ok(),
-        kdl::KdlValue::String(s) => u32::from_str_radix(s.trim_start_matches("0o"), 8).ok(),
+        kdl::KdlValue::Integer(i) => {
+            let written = entry
+                .format()
+                .map(|f| f.value_repr.trim().to_string())
+                .unwrap_or_default();
+            if !written.starts_with("0o") {
+                let fix = if octal_digits(&written).is_some() {
+                    format!("write `mode \"{written:0>4}\"` or `mode 0o{written}`")
+                } else {
+                    "write `mode \"0644\"` or `mode 0o644`".to_string()
+                };
+                r.fail(
+                    Problem::error(
+                        "spec::malformed-mode",
+                        format!("`mode {written}` is a decimal number, not an octal file mode"),
+                    )
+                    .label(entry.span(), format!("decimal {i} would be mode {:o}", i))
+                    .help(fix),
+                );
+                return None;
+            }
+            u32::try_from(*i).ok()
+        }
+        kdl::KdlValue::String(s) => octal_digits(s.strip_prefix("0o").unwrap_or(s)),
         _ => None,
     };
     match parsed.filter(|m| *m <= 0o7777) {

@@ -18,12 +18,14 @@ use crate::spec::reader::NodeReader;
 use crate::spec::{Address, Spec};
 use crate::state::ResourceState;
 
+pub mod benchmark;
 pub mod custom_node;
 pub mod file;
 pub mod link;
 pub mod lora;
 pub mod model;
 pub mod repo;
+pub mod service;
 pub mod structured;
 pub mod venv;
 
@@ -139,10 +141,28 @@ pub trait Kind: Send + Sync + 'static {
         Vec::new()
     }
 
+    /// More to print under `plasma show` (a benchmark's history table).
+    fn show(&self) -> Option<String> {
+        None
+    }
+
     /// Called once after the whole spec is loaded, for kinds that take
     /// something from the resources they reference (a custom node's folder
     /// lies inside its ComfyUI repo).
     fn resolve(&mut self, _others: &Others<'_>) {}
+
+    /// Resources this one depends on without naming them, found at
+    /// `resolve` (a ComfyUI service on the custom nodes of its clone).
+    fn implied_dependencies(&self) -> Vec<Address> {
+        Vec::new()
+    }
+
+    /// The plan's say on a resource whose dependencies (direct or not)
+    /// `changed` in this plan: a kind that must react (a service restarts to
+    /// load them) returns its diff adjusted. Addresses are `kind.name`.
+    fn dependencies_changed(&self, diff: Diff, _changed: &[String]) -> Diff {
+        diff
+    }
 }
 
 /// The other resources of a spec, as seen from one being resolved.
@@ -184,6 +204,9 @@ pub trait Resource: Send + Sync {
     fn outputs(&self, observed: &Observation) -> Outputs;
     fn lint(&self, cx: &LintContext<'_>) -> Vec<Lint>;
     fn resolve(&mut self, others: &Others<'_>);
+    fn implied_dependencies(&self) -> Vec<Address>;
+    fn dependencies_changed(&self, diff: Diff, changed: &[String]) -> Diff;
+    fn show(&self) -> Option<String>;
     fn as_any(&self) -> &dyn Any;
 }
 
@@ -239,6 +262,18 @@ impl<K: Kind> Resource for K {
         Kind::resolve(self, others)
     }
 
+    fn implied_dependencies(&self) -> Vec<Address> {
+        Kind::implied_dependencies(self)
+    }
+
+    fn dependencies_changed(&self, diff: Diff, changed: &[String]) -> Diff {
+        Kind::dependencies_changed(self, diff, changed)
+    }
+
+    fn show(&self) -> Option<String> {
+        Kind::show(self)
+    }
+
     fn as_any(&self) -> &dyn Any {
         self
     }
@@ -259,8 +294,30 @@ pub const KINDS: &[&str] = &[
     model::Model::KIND,
     venv::Venv::KIND,
     custom_node::CustomNode::KIND,
+    service::Service::KIND,
+    benchmark::Benchmark::KIND,
     lora::Lora::KIND,
 ];
+
+/// What [`prune_forgotten`] would do for this resource, for the plan
+/// (`stop the service plasma started`); `None` when it does nothing.
+pub fn prune_work(entry: &ResourceState) -> Option<&'static str> {
+    match entry.kind.as_str() {
+        service::Service::KIND if entry.outputs.contains_key("record") => {
+            Some("stop the service plasma started and remove its unit")
+        }
+        _ => None,
+    }
+}
+
+/// Work a kind does when `apply --prune` drops one of its resources, before
+/// its files are deleted (a service is stopped and unloaded).
+pub async fn prune_forgotten(entry: &ResourceState) -> Result<(), ResourceError> {
+    match entry.kind.as_str() {
+        service::Service::KIND => service::prune(entry).await,
+        _ => Ok(()),
+    }
+}
 
 /// Parses a resource node of the given kind; `None` when its fields had errors
 /// (already reported through the reader) or the kind is unknown.
@@ -273,6 +330,12 @@ pub fn parse(kind: &str, reader: &NodeReader<'_, '_>) -> Option<Box<dyn Resource
         model::Model::KIND => model::Model::parse(reader).map(|r| Box::new(r) as Box<dyn Resource>),
         custom_node::CustomNode::KIND => {
             custom_node::CustomNode::parse(reader).map(|r| Box::new(r) as Box<dyn Resource>)
+        }
+        service::Service::KIND => {
+            service::Service::parse(reader).map(|r| Box::new(r) as Box<dyn Resource>)
+        }
+        benchmark::Benchmark::KIND => {
+            benchmark::Benchmark::parse(reader).map(|r| Box::new(r) as Box<dyn Resource>)
         }
         lora::Lora::KIND => lora::Lora::parse(reader).map(|r| Box::new(r) as Box<dyn Resource>),
         _ => None,

@@ -10,6 +10,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
 
 use async_trait::async_trait;
 
@@ -20,11 +21,12 @@ use serde_json::{Value, json};
 
 use super::{ApplyContext, Kind, ObserveContext, Outputs, ResourceError};
 use crate::diagnostic::Problem;
-use crate::download::{self, DownloadError, DownloadRequest, Expected, SecretToken};
+use crate::download::{self, Credential, DownloadError, DownloadRequest, Expected, SecretToken};
 use crate::hashing::{self, FileKey, Sha256Digest};
 use crate::lint::{self, Lint, LintContext};
 use crate::plan::{Action, Diff};
 use crate::safetensors::{self, Architecture};
+use crate::size::{self, ExpectedSize};
 use crate::spec::Spanned;
 use crate::spec::reader::NodeReader;
 use crate::state::ResourceState;
@@ -43,9 +45,18 @@ pub struct Model {
     pub source: Option<Spanned<PathBuf>>,
     /// `None`: trust on first use (the digest is recorded at download).
     pub sha256: Option<Spanned<Sha256Digest>>,
-    pub size: Option<Spanned<u64>>,
-    /// The name of the environment variable holding a bearer token.
+    pub size: Option<Spanned<ExpectedSize>>,
+    /// The name of the environment variable holding a bearer token, sent to
+    /// the host of the first URL only.
     pub token_env: Option<Spanned<String>>,
+    /// Per-URL token variables (`url "…" token-env=VAR`), by index into `urls`.
+    pub url_token_envs: Vec<Option<Spanned<String>>>,
+    /// The whole download must end within this (default
+    /// [`download::DEFAULT_DEADLINE`]).
+    pub timeout: Option<Spanned<Duration>>,
+    /// Bytes per second below which a transfer is given up and retried
+    /// (default [`download::DEFAULT_MIN_SPEED`]).
+    pub min_speed: Option<Spanned<u64>>,
     pub allow_pickle: Option<Spanned<bool>>,
     pub arch: Option<Spanned<Architecture>>,
 }
@@ -111,8 +122,24 @@ pub struct ModelObserved {
 impl Model {
     pub fn parse(r: &NodeReader<'_, '_>) -> Option<Self> {
         let path = r.path("path");
-        // `url a b` and repeated `url` lines both list mirrors, in order.
-        let urls = r.string_list("url");
+        // `url a b` and repeated `url` lines both list mirrors, in order;
+        // `token-env=VAR` on a line gives its URLs their own token.
+        let mut urls = Vec::new();
+        let mut url_token_envs = Vec::new();
+        for child in r.all("url") {
+            let env = r.prop_string(child, "token-env");
+            if let Some(var) = &env {
+                check_env_name(r, var);
+            }
+            for entry in child.entries().iter().filter(|e| e.name().is_none()) {
+                if let Some(url) = r.entry_string(entry) {
+                    urls.push(url);
+                    url_token_envs.push(env.clone());
+                }
+            }
+        }
+        let timeout = r.opt_duration("timeout");
+        let min_speed = parse_min_speed(r);
         let source = r.opt_path("source");
         let sha256 = parse_sha256(r);
         let size = r.opt_size("size");
@@ -155,20 +182,8 @@ impl Model {
                 );
             }
         }
-        if let Some(var) = &token_env
-            && !is_env_name(&var.value)
-        {
-            r.fail(
-                Problem::error(
-                    "spec::malformed-token-env",
-                    "`token-env` names an environment variable, not the token itself",
-                )
-                .label(var.span, "not a variable name")
-                .help(
-                    "write the variable's name (`token-env CIVITAI_TOKEN`) and export the \
-                     token in it; a token written in plasma.kdl would end up in git",
-                ),
-            );
+        if let Some(var) = &token_env {
+            check_env_name(r, var);
         }
         if r.failed() {
             return None;
@@ -181,6 +196,9 @@ impl Model {
             sha256,
             size,
             token_env,
+            url_token_envs,
+            timeout,
+            min_speed,
             allow_pickle,
             arch,
         })
@@ -193,7 +211,7 @@ impl Model {
     fn expected(&self) -> Expected {
         Expected {
             sha256: self.sha256.as_ref().map(|s| s.value),
-            size: self.size.as_ref().map(|s| s.value),
+            size: self.size.as_ref().map(|s| s.value.clone()),
         }
     }
 
@@ -281,6 +299,47 @@ fn parse_arch(r: &NodeReader<'_, '_>) -> Option<Spanned<Architecture>> {
     }
 }
 
+fn check_env_name(r: &NodeReader<'_, '_>, var: &Spanned<String>) {
+    if is_env_name(&var.value) {
+        return;
+    }
+    r.fail(
+        Problem::error(
+            "spec::malformed-token-env",
+            "`token-env` names an environment variable, not the token itself",
+        )
+        .label(var.span, "not a variable name")
+        .help(
+            "write the variable's name (`token-env CIVITAI_TOKEN`) and export the \
+             token in it; a token written in plasma.kdl would end up in git",
+        ),
+    );
+}
+
+/// `min-speed "10KB/s"`: a size per second (the `/s` may be left out).
+fn parse_min_speed(r: &NodeReader<'_, '_>) -> Option<Spanned<u64>> {
+    let text = r.opt_string("min-speed")?;
+    let trimmed = text.value.trim();
+    let per_second = trimmed
+        .strip_suffix("/s")
+        .or_else(|| trimmed.strip_suffix("ps"))
+        .unwrap_or(trimmed);
+    match size::parse(per_second) {
+        Ok(speed) => Some(Spanned::new(speed.bytes, text.span)),
+        Err(e) => {
+            r.fail(
+                Problem::error(
+                    "spec::malformed-speed",
+                    format!("`{}` is not a speed", text.value),
+                )
+                .label(text.span, e.to_string())
+                .help("write bytes per second with a unit, such as \"10KB/s\" or \"1MB/s\""),
+            );
+            None
+        }
+    }
+}
+
 fn check_url(text: &str) -> Result<(), String> {
     match reqwest::Url::parse(text) {
         Ok(url) if matches!(url.scheme(), "http" | "https") => Ok(()),
@@ -321,7 +380,12 @@ impl Kind for Model {
             "urls": self.urls.iter().map(|u| download::redact_url(&u.value)).collect::<Vec<_>>(),
             "source": self.source.as_ref().map(|s| &s.value),
             "sha256": self.sha256.as_ref().map(|s| s.value.to_hex()),
-            "size": self.size.as_ref().map(|s| s.value),
+            // An exact size as a number, a human one as written.
+            "size": self.size.as_ref().map(|s| if s.value.is_exact() {
+                json!(s.value.bytes)
+            } else {
+                json!(s.value.text)
+            }),
             "token_env": self.token_env.as_ref().map(|t| &t.value),
             "arch": self.arch.as_ref().map(|a| a.value.spec_name()),
         })
@@ -336,6 +400,9 @@ impl Kind for Model {
         let meta = match std::fs::metadata(path) {
             Ok(m) => m,
             Err(e) if crate::fsutil::is_absent(&e) => {
+                if let Some((link, target)) = download::dangling_link_above(path) {
+                    return Err(dangling_folder_error(&link, &target));
+                }
                 let partial_bytes = std::fs::metadata(download::part_path(path))
                     .ok()
                     .filter(|m| m.is_file() && m.len() > 0)
@@ -468,7 +535,7 @@ impl Kind for Model {
             diff = diff.attribute("sha256", Some(have.to_hex()), Some(want.to_hex()));
         }
         if let (Some(size), Some(found)) = (&self.size, observed.size)
-            && size.value != found
+            && !size.value.matches(found)
         {
             reasons.push(format!(
                 "the file has {found} bytes, the spec says {}",
@@ -531,6 +598,17 @@ impl Kind for Model {
                 if let Some(var) = &self.token_env {
                     request.token = SecretToken::from_env(&var.value);
                     request.token_env = Some(var.value.clone());
+                }
+                request.url_credentials = self
+                    .url_token_envs
+                    .iter()
+                    .map(|env| env.as_ref().map(|var| Credential::from_env(&var.value)))
+                    .collect();
+                if let Some(timeout) = &self.timeout {
+                    request.options.deadline = timeout.value;
+                }
+                if let Some(speed) = &self.min_speed {
+                    request.options.min_speed = speed.value;
                 }
                 download::download(&request, &bar).await
             }
@@ -603,19 +681,46 @@ impl Kind for Model {
     }
 }
 
+/// The message for a models folder that is a symbolic link to nothing.
+fn dangling_folder_error(link: &Path, target: &Path) -> ResourceError {
+    ResourceError::new(
+        DownloadError::DanglingFolder {
+            link: link.to_path_buf(),
+            target: target.to_path_buf(),
+        }
+        .to_string(),
+    )
+    .help("mount the disk (or fix the link), then run plasma again")
+}
+
 /// A download error as the user sees it: the layer's message (already
 /// redacted and actionable), plus what to do where the message cannot say it.
 fn resource_error(error: DownloadError) -> ResourceError {
+    if let DownloadError::DanglingFolder { link, target } = &error {
+        return dangling_folder_error(link, target);
+    }
+    let resumes = error.kept_bytes() > 0;
     let help = match &error {
         DownloadError::HashMismatch { .. } => Some(
             "if the file legitimately changed upstream, check the model's page and update `sha256`",
         ),
-        DownloadError::Network { .. } | DownloadError::AllMirrorsFailed { .. } => {
+        DownloadError::Network { .. } | DownloadError::AllMirrorsFailed { .. } if resumes => {
             Some("run `plasma apply` again: the download resumes where it stopped")
         }
-        DownloadError::WebPage { .. } => Some(
-            "create an API token on the site, export it, and name its variable with `token-env`",
+        DownloadError::Network { .. } => Some("run `plasma apply` again when the server is back"),
+        DownloadError::AllMirrorsFailed { .. } => {
+            Some("fix or replace the failing URLs above, then run `plasma apply` again")
+        }
+        DownloadError::Deadline { .. } => Some(
+            "run `plasma apply` again to resume, or give the model a longer `timeout` (e.g. `timeout \"12h\"`)",
         ),
+        DownloadError::NotWhatItsNameSays { .. } => Some(
+            "open the URL in a browser to see what it serves; if it needs a login, name the \
+             token's variable with `token-env`",
+        ),
+        DownloadError::UnsafeRedirect { .. } => {
+            Some("download the file by hand and use `source \"PATH\"`, or find an http(s) mirror")
+        }
         _ => None,
     };
     let resource_error = ResourceError::new(error.to_string());

@@ -7,11 +7,16 @@
 //!   all `-` is a list: `items { - "a"; - "b" }`
 //! - a node with neither is null; the type annotation `(list)` forces a list,
 //!   so `(list)tpu_env` is `tpu_env: []`.
+//!
+//! Numbers keep KDL's kinds: `#inf`, `#-inf` and `#nan` are YAML's `.inf`,
+//! `-.inf`, `.nan` and TOML's `inf`, `-inf`, `nan`; JSON has none of them, so
+//! in `json { … }` they are a spec error at the value.
 
 use std::collections::BTreeMap;
 
 use kdl::{KdlNode, KdlValue};
 use miette::SourceSpan;
+use serde::ser::{Serialize, SerializeMap, SerializeSeq, Serializer};
 use serde_json::{Map, Number, Value};
 
 use crate::diagnostic::Problem;
@@ -34,11 +39,75 @@ impl Format {
     }
 }
 
+/// A value of structured content, in the spec's order, with KDL's number
+/// kinds kept (a float may be infinite or NaN, which JSON values cannot hold).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Data {
+    Null,
+    Bool(bool),
+    Integer(i64),
+    Float(f64),
+    String(String),
+    List(Vec<Data>),
+    /// Keys in the order the spec gives them.
+    Map(Vec<(String, Data)>),
+}
+
+impl Data {
+    /// The JSON view, for lints and the recorded desired state (a
+    /// non-finite float becomes null there; the file keeps it).
+    pub fn to_json(&self) -> Value {
+        match self {
+            Data::Null => Value::Null,
+            Data::Bool(b) => Value::Bool(*b),
+            Data::Integer(i) => Value::Number((*i).into()),
+            Data::Float(f) => Number::from_f64(*f).map_or(Value::Null, Value::Number),
+            Data::String(s) => Value::String(s.clone()),
+            Data::List(items) => Value::Array(items.iter().map(Data::to_json).collect()),
+            Data::Map(entries) => Value::Object(
+                entries
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.to_json()))
+                    .collect::<Map<String, Value>>(),
+            ),
+        }
+    }
+}
+
+impl Serialize for Data {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Data::Null => serializer.serialize_unit(),
+            Data::Bool(b) => serializer.serialize_bool(*b),
+            Data::Integer(i) => serializer.serialize_i64(*i),
+            Data::Float(f) => serializer.serialize_f64(*f),
+            Data::String(s) => serializer.serialize_str(s),
+            Data::List(items) => {
+                let mut seq = serializer.serialize_seq(Some(items.len()))?;
+                for item in items {
+                    seq.serialize_element(item)?;
+                }
+                seq.end()
+            }
+            Data::Map(entries) => {
+                let mut map = serializer.serialize_map(Some(entries.len()))?;
+                for (k, v) in entries {
+                    map.serialize_entry(k, v)?;
+                }
+                map.end()
+            }
+        }
+    }
+}
+
 /// A structured document with the spans of its keys (dotted paths), so lints
 /// can point at `mixed_precision` in the spec.
 #[derive(Debug, Clone)]
 pub struct Structured {
     pub format: Format,
+    /// The content as written in the spec.
+    pub data: Data,
+    /// Its JSON view (see [`Data::to_json`]), for lints.
     pub value: Value,
     pub spans: BTreeMap<String, SourceSpan>,
 }
@@ -47,8 +116,8 @@ impl Structured {
     /// Reads the children of `node` as a mapping.
     pub fn parse(format: Format, node: &KdlNode, reader: &NodeReader<'_, '_>) -> Option<Self> {
         let mut spans = BTreeMap::new();
-        let value = block(node, "", reader, &mut spans)?;
-        if format == Format::Toml && contains_null(&value) {
+        let data = block(format, node, "", reader, &mut spans)?;
+        if format == Format::Toml && contains_null(&data) {
             reader.fail(
                 Problem::error("spec::toml-null", "TOML has no null value")
                     .label(node.name().span(), "a key in this block has no value")
@@ -58,7 +127,8 @@ impl Structured {
         }
         Some(Structured {
             format,
-            value,
+            value: data.to_json(),
+            data,
             spans,
         })
     }
@@ -71,36 +141,43 @@ impl Structured {
     /// The file's bytes in its format.
     pub fn render(&self) -> Result<String, String> {
         match self.format {
-            Format::Yaml => Ok(crate::yaml::to_string(&self.value)),
-            Format::Json => serde_json::to_string_pretty(&self.value)
+            Format::Yaml => Ok(crate::yaml::to_string(&self.data)),
+            Format::Json => serde_json::to_string_pretty(&self.data)
                 .map(|s| s + "\n")
                 .map_err(|e| e.to_string()),
-            Format::Toml => toml::to_string(&self.value).map_err(|e| e.to_string()),
+            Format::Toml => toml::to_string(&self.data).map_err(|e| e.to_string()),
         }
     }
 }
 
 fn block(
+    format: Format,
     node: &KdlNode,
     prefix: &str,
     reader: &NodeReader<'_, '_>,
     spans: &mut BTreeMap<String, SourceSpan>,
-) -> Option<Value> {
+) -> Option<Data> {
     let children = node.children().map(|d| d.nodes()).unwrap_or_default();
     let is_list = !children.is_empty() && children.iter().all(|c| c.name().value() == "-");
     if is_list {
         let mut items = Vec::new();
         for (i, child) in children.iter().enumerate() {
-            items.push(member(child, &format!("{prefix}{i}"), reader, spans)?);
+            items.push(member(
+                format,
+                child,
+                &format!("{prefix}{i}"),
+                reader,
+                spans,
+            )?);
         }
-        return Some(Value::Array(items));
+        return Some(Data::List(items));
     }
-    let mut map = Map::new();
+    let mut map: Vec<(String, Data)> = Vec::new();
     let mut ok = true;
     for child in children {
         let key = child.name().value().to_string();
         let path = format!("{prefix}{key}");
-        if map.contains_key(&key) {
+        if map.iter().any(|(k, _)| *k == key) {
             reader.fail(
                 Problem::error(
                     "spec::duplicate-key",
@@ -112,22 +189,21 @@ fn block(
             continue;
         }
         spans.insert(path.clone(), child.name().span());
-        match member(child, &path, reader, spans) {
-            Some(v) => {
-                map.insert(key, v);
-            }
+        match member(format, child, &path, reader, spans) {
+            Some(v) => map.push((key, v)),
             None => ok = false,
         }
     }
-    ok.then_some(Value::Object(map))
+    ok.then_some(Data::Map(map))
 }
 
 fn member(
+    format: Format,
     node: &KdlNode,
     path: &str,
     reader: &NodeReader<'_, '_>,
     spans: &mut BTreeMap<String, SourceSpan>,
-) -> Option<Value> {
+) -> Option<Data> {
     let args: Vec<_> = node
         .entries()
         .iter()
@@ -155,40 +231,50 @@ fn member(
             );
             return None;
         }
-        return block(node, &format!("{path}."), reader, spans);
+        return block(format, node, &format!("{path}."), reader, spans);
     }
     let mut values = Vec::new();
     for entry in &args {
         let value = match entry.value() {
-            KdlValue::String(s) => Value::String(reader.cx.interpolate(s, entry.span())?),
+            KdlValue::String(s) => Data::String(reader.cx.interpolate(s, entry.span())?),
             KdlValue::Integer(i) => match i64::try_from(*i) {
-                Ok(i) => Value::Number(i.into()),
+                Ok(i) => Data::Integer(i),
                 Err(_) => {
                     reader.wrong_type(entry, "a number that fits in 64 bits");
                     return None;
                 }
             },
-            KdlValue::Float(f) => Number::from_f64(*f)
-                .map(Value::Number)
-                .unwrap_or(Value::Null),
-            KdlValue::Bool(b) => Value::Bool(*b),
-            KdlValue::Null => Value::Null,
+            KdlValue::Float(f) if !f.is_finite() && format == Format::Json => {
+                reader.fail(
+                    Problem::error("spec::non-finite", "JSON has no infinity or NaN")
+                        .label(entry.span(), "this number cannot be written as JSON")
+                        .help(
+                            "write it as a string (\"inf\"), or use yaml { … } or toml { … }, which have them",
+                        ),
+                );
+                return None;
+            }
+            KdlValue::Float(f) => Data::Float(*f),
+            KdlValue::Bool(b) => Data::Bool(*b),
+            KdlValue::Null => Data::Null,
         };
         values.push(value);
     }
-    Some(match (forced_list, values.len()) {
-        (true, _) => Value::Array(values),
-        (false, 0) => Value::Null,
-        (false, 1) => values.pop().expect("one value"),
-        (false, _) => Value::Array(values),
+    Some(match (forced_list, values.pop()) {
+        (false, None) => Data::Null,
+        (false, Some(only)) if values.is_empty() => only,
+        (_, last) => {
+            values.extend(last);
+            Data::List(values)
+        }
     })
 }
 
-fn contains_null(value: &Value) -> bool {
+fn contains_null(value: &Data) -> bool {
     match value {
-        Value::Null => true,
-        Value::Array(items) => items.iter().any(contains_null),
-        Value::Object(map) => map.values().any(contains_null),
+        Data::Null => true,
+        Data::List(items) => items.iter().any(contains_null),
+        Data::Map(entries) => entries.iter().any(|(_, v)| contains_null(v)),
         _ => false,
     }
 }

@@ -81,7 +81,20 @@ pub struct Declared {
     pub depends_on: Vec<Reference>,
     /// Lint codes this resource allows.
     pub allow: Vec<Spanned<String>>,
+    /// What the resource needs of the machine (`requires memory="96GiB"`).
+    pub requires: Requires,
     pub resource: Box<dyn Resource>,
+}
+
+/// `requires memory="96GiB" accelerator="mps"` in a resource: what it needs
+/// of the machine, checked by the `requirement-unmet` lint against the
+/// machine's facts and the spec's declared `platform`.
+#[derive(Debug, Clone, Default)]
+pub struct Requires {
+    /// Bytes of memory, at least.
+    pub memory: Option<Spanned<u64>>,
+    /// `mps`, `cuda`, `rocm` or `cpu`.
+    pub accelerator: Option<Spanned<String>>,
 }
 
 /// A loaded spec.
@@ -143,10 +156,10 @@ pub fn load(path: &Path, text: String) -> Result<Spec, SpecErrors> {
         || path.display().to_string(),
         |n| n.to_string_lossy().into_owned(),
     );
-    // Diagnostics quote the spec; they quote it with URL credentials masked.
+    // Diagnostics quote the spec with URL secrets masked (crate::redact).
     let source: Source = Arc::new(NamedSource::new(
         display_name,
-        Arc::new(mask_url_credentials(&text)),
+        Arc::new(crate::redact::mask_in_place(&text)),
     ));
     let dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
 
@@ -232,6 +245,7 @@ pub fn load(path: &Path, text: String) -> Result<Spec, SpecErrors> {
                     span: l.span,
                     depends_on: l.depends_on,
                     allow: l.allow,
+                    requires: l.requires,
                 })
             })
             .collect();
@@ -312,10 +326,15 @@ fn load_platform(node: &KdlNode, cx: &LoadContext<'_>) -> Platform {
                 .as_string()
                 .map(|s| Spanned::new(s.to_string(), entry.span()))
         };
+        let checked = |what: &str, table| {
+            string().filter(|value| check_platform_value(value, what, table, cx))
+        };
         match key.value() {
-            "os" => platform.os = string(),
-            "arch" => platform.arch = string(),
-            "accelerator" => platform.accelerator = string(),
+            "os" => platform.os = checked("os", crate::platform::OSES),
+            "arch" => platform.arch = checked("arch", crate::platform::ARCHES),
+            "accelerator" => {
+                platform.accelerator = checked("accelerator", crate::platform::ACCELERATORS)
+            }
             "memory-gb" => {
                 platform.memory_gb = entry
                     .value()
@@ -412,6 +431,7 @@ fn load_resource(
         .filter_map(|r| reader.parse_reference(r, None))
         .collect();
     let allow = reader.string_list("allow");
+    let requires = load_requires(&reader, cx);
     let resource = resource::parse(kind, &reader);
     let mut references = depends_on;
     references.extend(reader.references());
@@ -425,8 +445,68 @@ fn load_resource(
         span: node.name().span(),
         depends_on: references,
         allow,
+        requires,
         resource: resource.filter(|_| !failed),
     })
+}
+
+fn load_requires(reader: &NodeReader<'_, '_>, cx: &LoadContext<'_>) -> Requires {
+    let mut requires = Requires::default();
+    let Some(node) = reader.child("requires") else {
+        return requires;
+    };
+    if let Some(entry) = reader.prop(node, "memory") {
+        let text = entry
+            .value()
+            .as_string()
+            .map(str::to_string)
+            .or_else(|| entry.value().as_integer().map(|i| i.to_string()));
+        match text
+            .as_deref()
+            .and_then(|t| crate::size::parse(t).ok())
+            .map(|s| s.bytes)
+        {
+            Some(bytes) => requires.memory = Some(Spanned::new(bytes, entry.span())),
+            None => cx.report(
+                Problem::error(
+                    "spec::malformed-size",
+                    "`memory` must be a size such as \"96GiB\" or \"64GB\"",
+                )
+                .label(entry.span(), "not a size"),
+            ),
+        }
+    }
+    if let Some(value) = reader.prop_string(node, "accelerator")
+        && check_platform_value(&value, "accelerator", crate::platform::ACCELERATORS, cx)
+    {
+        requires.accelerator = Some(value);
+    }
+    requires
+}
+
+/// Reports a `platform`/`requires` value that is not one plasma knows, with
+/// the accepted spelling when it is another one (`Linux`, `arm64`).
+fn check_platform_value(
+    value: &Spanned<String>,
+    what: &str,
+    table: &[(&'static str, &[&str])],
+    cx: &LoadContext<'_>,
+) -> bool {
+    let fix = match crate::platform::canonical(table, &value.value) {
+        Ok(()) => return true,
+        Err(fix) => fix,
+    };
+    let accepted: Vec<&str> = table.iter().map(|(name, _)| *name).collect();
+    let p = Problem::error(
+        "spec::unknown-value",
+        format!("unknown {what} `{}`", value.value),
+    )
+    .label(value.span, format!("not an {what} plasma knows"));
+    cx.report(match fix {
+        Some(fix) => p.help(format!("did you mean `{fix}`? (write {what}={fix})")),
+        None => p.help(format!("the {what} values are: {}", accepted.join(", "))),
+    });
+    false
 }
 
 /// A resource as read, before it is known whether the whole spec loads.
@@ -436,6 +516,7 @@ struct Loading {
     span: SourceSpan,
     depends_on: Vec<Reference>,
     allow: Vec<Spanned<String>>,
+    requires: Requires,
     resource: Option<Box<dyn Resource>>,
 }
 
@@ -459,25 +540,6 @@ fn check_allow(code: &Spanned<String>, cx: &LoadContext<'_>) {
     cx.report(p);
 }
 
-/// The text with the user-info of every `scheme://user:secret@host` URL
-/// replaced by `*`, byte for byte, so spans into the original still fit.
-fn mask_url_credentials(text: &str) -> String {
-    let mut out = text.to_string();
-    let mut search = 0;
-    while let Some(found) = text[search..].find("://") {
-        let start = search + found + 3;
-        // User-info ends at `@`, before any `/`, quote or white space.
-        let end = text[start..]
-            .find(|c: char| c == '@' || c == '/' || c == '"' || c.is_whitespace())
-            .map(|i| start + i);
-        if let Some(at) = end.filter(|&i| text[i..].starts_with('@')) {
-            out.replace_range(start..at, &"*".repeat(at - start));
-        }
-        search = start;
-    }
-    out
-}
-
 /// Lets each resource take what it needs from the others.
 fn resolve_resources(resources: &mut [Declared]) {
     for i in 0..resources.len() {
@@ -491,6 +553,16 @@ fn resolve_resources(resources: &mut [Declared]) {
                 .collect(),
         };
         this.resource.resolve(&others);
+    }
+    for declared in resources.iter_mut() {
+        for address in declared.resource.implied_dependencies() {
+            if !declared.depends_on.iter().any(|r| r.address == address) {
+                declared.depends_on.push(Reference {
+                    address,
+                    span: declared.span,
+                });
+            }
+        }
     }
 }
 
@@ -516,21 +588,5 @@ fn check_references(resources: &[Loading], problems: &mut Vec<Problem>) {
             }
             problems.push(p);
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::mask_url_credentials;
-
-    #[test]
-    fn url_credentials_are_masked_in_place() {
-        let text = "url \"https://alice:t0ken@host/x\" other \"ssh://git@h:r\" plain \"a@b\"";
-        let masked = mask_url_credentials(text);
-        assert_eq!(masked.len(), text.len());
-        assert_eq!(
-            masked,
-            "url \"https://***********@host/x\" other \"ssh://***@h:r\" plain \"a@b\""
-        );
     }
 }

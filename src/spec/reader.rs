@@ -16,6 +16,7 @@ use miette::SourceSpan;
 use super::vars::Vars;
 use super::{Address, Reference, Spanned};
 use crate::diagnostic::{Problem, did_you_mean};
+use crate::size::{self, ExpectedSize, SizeError};
 
 /// What every reader shares: the variables, the spec's folder and the problem list.
 pub struct LoadContext<'a> {
@@ -346,29 +347,59 @@ impl<'a, 'c> NodeReader<'a, 'c> {
         }
     }
 
-    pub fn opt_size(&self, name: &'static str) -> Option<Spanned<u64>> {
+    /// A size: a whole number of bytes, or a string with a unit checked at
+    /// the precision it was written in (see [`crate::size`]). Negative,
+    /// fractional and too large sizes are errors at their span.
+    pub fn opt_size(&self, name: &'static str) -> Option<Spanned<ExpectedSize>> {
         let child = self.child(name)?;
         let entry = self.single_arg(child, "a size")?;
-        if let KdlValue::Integer(i) = entry.value()
-            && let Ok(v) = u64::try_from(*i)
-        {
-            return Some(Spanned::new(v, entry.span()));
-        }
-        let text = self.entry_string(entry)?;
-        match parse_size(&text.value) {
-            Some(v) => Some(Spanned::new(v, text.span)),
-            None => {
-                self.fail(
-                    Problem::error(
-                        "spec::malformed-size",
-                        format!("`{}` is not a size", text.value),
-                    )
-                    .label(text.span, "not a size")
-                    .help("write a byte count such as 2132626102, or \"2.1GB\", \"512MiB\""),
-                );
-                None
+        let parsed = match entry.value() {
+            KdlValue::Integer(i) => match u64::try_from(*i) {
+                Ok(v) => Ok(ExpectedSize::exact(v)),
+                Err(_) if *i < 0 => Err(None),
+                Err(_) => Err(Some(SizeError::TooLarge)),
+            },
+            KdlValue::Float(_) => Err(Some(SizeError::Fraction)),
+            _ => {
+                let text = self.entry_string(entry)?;
+                size::parse(&text.value).map_err(Some)
             }
-        }
+        };
+        let error = match parsed {
+            Ok(size) => return Some(Spanned::new(size, entry.span())),
+            Err(error) => error,
+        };
+        let shown = entry
+            .value()
+            .as_string()
+            .map_or_else(|| entry.value().to_string(), str::to_string);
+        let problem = match error {
+            Some(SizeError::TooLarge) => Problem::error(
+                "spec::size-too-large",
+                format!("`{shown}` is more bytes than a file can have"),
+            )
+            .label(entry.span(), "too large")
+            .help(format!(
+                "a size is at most {} bytes (16 EiB); check the unit",
+                u64::MAX
+            )),
+            Some(SizeError::Fraction) => Problem::error(
+                "spec::fractional-size",
+                format!("`{shown}` is a fraction of a byte"),
+            )
+            .label(entry.span(), "not a whole number of bytes")
+            .help(
+                "write a whole byte count such as 2132626102, or a size with a unit such as \
+                 \"2.1GB\" (matched within half its last digit, here 0.05 GB)",
+            ),
+            Some(SizeError::Malformed) | None => {
+                Problem::error("spec::malformed-size", format!("`{shown}` is not a size"))
+                    .label(entry.span(), "not a size")
+                    .help("write a byte count such as 2132626102, or \"2.1GB\", \"512MiB\"")
+            }
+        };
+        self.fail(problem);
+        None
     }
 
     /// The string arguments of every child called `name` (`forbid a b c`).
@@ -390,6 +421,12 @@ impl<'a, 'c> NodeReader<'a, 'c> {
         let reference = self.parse_reference(&value, Some(kind))?;
         self.references.borrow_mut().push(reference.clone());
         Some(reference)
+    }
+
+    /// Records a reference read from a nested block (by another reader) as
+    /// one of this node's, so it becomes an edge of the graph.
+    pub fn add_reference(&self, reference: Reference) {
+        self.references.borrow_mut().push(reference);
     }
 
     /// The references the fields made, which become edges of the graph.
@@ -534,30 +571,6 @@ pub fn describe(value: &KdlValue) -> &'static str {
     }
 }
 
-/// Parses "2.1GB", "512MiB", "1024" into bytes.
-pub fn parse_size(text: &str) -> Option<u64> {
-    let text = text.trim();
-    let split = text
-        .find(|c: char| !(c.is_ascii_digit() || c == '.' || c == '_'))
-        .unwrap_or(text.len());
-    let (number, unit) = text.split_at(split);
-    let number: f64 = number.replace('_', "").parse().ok()?;
-    let factor: f64 = match unit.trim().to_ascii_lowercase().as_str() {
-        "" | "b" => 1.0,
-        "kb" | "k" => 1e3,
-        "mb" | "m" => 1e6,
-        "gb" | "g" => 1e9,
-        "tb" | "t" => 1e12,
-        "kib" => 1024.0,
-        "mib" => 1024.0 * 1024.0,
-        "gib" => 1024.0 * 1024.0 * 1024.0,
-        "tib" => 1024.0 * 1024.0 * 1024.0 * 1024.0,
-        _ => return None,
-    };
-    let bytes = number * factor;
-    (bytes.is_finite() && bytes >= 0.0).then_some(bytes.round() as u64)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -607,12 +620,33 @@ mod tests {
     #[test]
     fn sizes_read_as_numbers_or_text_and_malformed_ones_are_reported() {
         let (s, _) = read_with("m { size 2132626102 }", |r| r.opt_size("size"));
-        assert_eq!(s.unwrap().value, 2_132_626_102);
+        assert_eq!(s.unwrap().value, ExpectedSize::exact(2_132_626_102));
         let (s, _) = read_with("m { size \"2GiB\" }", |r| r.opt_size("size"));
-        assert_eq!(s.unwrap().value, 2 << 30);
-        let (s, problems) = read_with("m { size \"big\" }", |r| r.opt_size("size"));
-        assert!(s.is_none());
-        assert_eq!(problems, ["spec::malformed-size: `big` is not a size"]);
+        assert_eq!(s.unwrap().value.bytes, 2 << 30);
+        for (text, code) in [
+            ("\"big\"", "spec::malformed-size: `big` is not a size"),
+            ("-1", "spec::malformed-size: `-1` is not a size"),
+            (
+                "\"20000000000GB\"",
+                "spec::size-too-large: `20000000000GB` is more bytes than a file can have",
+            ),
+            (
+                "99999999999999999999999",
+                "spec::size-too-large: `99999999999999999999999` is more bytes than a file can have",
+            ),
+            (
+                "\"1.5\"",
+                "spec::fractional-size: `1.5` is a fraction of a byte",
+            ),
+            (
+                "1.5",
+                "spec::fractional-size: `1.5` is a fraction of a byte",
+            ),
+        ] {
+            let (s, problems) = read_with(&format!("m {{ size {text} }}"), |r| r.opt_size("size"));
+            assert!(s.is_none(), "{text}");
+            assert_eq!(problems, [code], "{text}");
+        }
     }
 
     #[test]
@@ -633,14 +667,5 @@ mod tests {
             problems,
             ["spec::invalid-choice: `rest` is not a valid `on-dirty`"]
         );
-    }
-
-    #[test]
-    fn sizes_parse_with_units() {
-        assert_eq!(parse_size("1024"), Some(1024));
-        assert_eq!(parse_size("2.5GB"), Some(2_500_000_000));
-        assert_eq!(parse_size("512 MiB"), Some(512 * 1024 * 1024));
-        assert_eq!(parse_size("12 parsecs"), None);
-        assert_eq!(parse_size(""), None);
     }
 }

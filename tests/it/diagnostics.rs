@@ -5,10 +5,12 @@ use crate::support::sandbox;
 
 use sandbox::Sandbox;
 
+/// Validates `spec` on a machine faked as the one the lint tests declare
+/// (Linux with an MPS accelerator), so the output is the same everywhere.
 fn validate(spec: &str) -> sandbox::Run {
     let sb = Sandbox::new();
     sb.spec(spec);
-    let run = sb.run(&["validate"]);
+    let run = sb.run_on("os=linux accelerator=mps", &["validate"]);
     run.code(1);
     assert!(run.stdout.is_empty(), "nothing on stdout: {}", run.stdout);
     run
@@ -137,7 +139,7 @@ file copy {
         "    yaml {",
         "    allow fp16-on-mps cpu-with-accelerator path-owned-twice\n    yaml {",
     ));
-    let allowed = sb.run(&["validate"]);
+    let allowed = sb.run_on("os=linux accelerator=mps", &["validate"]);
     allowed.code(0);
 }
 

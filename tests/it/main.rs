@@ -3,6 +3,8 @@
 
 mod support;
 
+mod benchmark_kind;
+mod comfyui_client;
 mod custom_node_kind;
 mod diagnostics;
 mod download_layer;
@@ -11,6 +13,8 @@ mod git_layer;
 mod lora_kind;
 mod model_kind;
 mod plans_and_state;
+mod platform;
 mod python_layer;
 mod repo_kind;
+mod service_kind;
 mod venv_kind;

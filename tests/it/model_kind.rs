@@ -10,7 +10,7 @@ use crate::support::sandbox;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
-use httpfix::{Fault, HttpFixture, Route, RunningServer, noise};
+use httpfix::{Fault, HttpFixture, Route, RunningServer, noise, pickle_file, safetensors_file};
 use plasma::hashing::Sha256Digest;
 use sandbox::{Run, Sandbox};
 
@@ -152,7 +152,7 @@ async fn downloads_verifies_converges_and_shows_the_header() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_interrupted_download_resumes_with_range_and_ends_verified() {
-    let data = noise(1_500_000, 1);
+    let data = pickle_file(1_500_000, 1);
     let route = Route::new(data.clone())
         .fault(Fault::DropAfter(600_000))
         .times(1);
@@ -218,7 +218,7 @@ type FaultCase<'a> = (&'a str, String, Vec<(&'a str, &'a str)>, Vec<String>);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn faults_end_with_no_file_and_an_error_the_user_can_act_on() {
-    let data = noise(300_000, 2);
+    let data = pickle_file(300_000, 2);
     let server = serve(vec![
         ("/wrong", Route::new(data.clone()).fault(Fault::WrongBytes)),
         ("/login", Route::new(data.clone()).fault(Fault::HtmlLogin)),
@@ -322,7 +322,7 @@ async fn faults_end_with_no_file_and_an_error_the_user_can_act_on() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_local_source_is_copied_with_the_same_verification() {
-    let data = noise(200_000, 3);
+    let data = pickle_file(200_000, 3);
     let sb = Sandbox::new();
     std::fs::write(sb.path("downloaded.bin"), &data).unwrap();
     sb.spec(&format!(
@@ -444,7 +444,7 @@ fn pickles_need_allow_pickle_and_unpinned_models_warn() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_wrong_file_at_path_is_drift_with_both_digests_and_apply_replaces_it() {
-    let data = noise(400_000, 4);
+    let data = safetensors_file(400_000, 4);
     let server = serve(vec![("/m", Route::new(data.clone()))]).await;
     let sb = Sandbox::new();
     sb.spec(&model_spec(
@@ -492,7 +492,7 @@ async fn a_wrong_file_at_path_is_drift_with_both_digests_and_apply_replaces_it()
 /// reads the contents can see the change.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn converged_plans_read_no_bytes_and_verify_catches_silent_corruption() {
-    let data = noise(2_000_000, 6);
+    let data = safetensors_file(2_000_000, 6);
     let server = serve(vec![("/m", Route::new(data.clone()))]).await;
     let sb = Sandbox::new();
     sb.spec(&model_spec(
@@ -548,7 +548,7 @@ async fn converged_plans_read_no_bytes_and_verify_catches_silent_corruption() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pin_writes_recorded_digests_keeping_comments_and_layout() {
     let yaml = b"model:\n  target: cldm.cldm.ControlLDM\n".to_vec();
-    let vae = noise(50_000, 8);
+    let vae = safetensors_file(50_000, 8);
     let server = serve(vec![
         ("/pose.yaml", Route::new(yaml.clone())),
         ("/vae", Route::new(vae.clone())),
@@ -637,7 +637,7 @@ model pinned {{
 /// contain it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_token_never_appears_anywhere() {
-    let data = noise(300_000, 9);
+    let data = safetensors_file(300_000, 9);
     let server = serve(vec![
         (
             "/gated",
@@ -715,7 +715,7 @@ model wrong {{
         seen.contains("the token in $HF_TOKEN was sent and rejected"),
         "{seen}"
     );
-    assert!(seen.contains("token=REDACTED"), "{seen}");
+    assert!(seen.contains("token=***"), "{seen}");
     assert!(seen.contains("has sha256"), "{seen}");
     assert!(
         !seen.contains(TOKEN),
@@ -744,4 +744,370 @@ model wrong {{
             file.display()
         );
     }
+}
+
+// ---- Issue 9: secrets in URLs, unpinned content, deadlines, messages.
+
+/// Three kinds of URL secret (user-info, `?token=`, an S3 signature), each on
+/// a one-line model so every diagnostic quotes it. No command's output, no
+/// log, no plan file and no state may show any of them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn url_secrets_reach_no_output_log_plan_or_state() {
+    let data = safetensors_file(100_000, 11);
+    let server = serve(vec![
+        ("/a.safetensors", Route::new(data.clone())),
+        ("/b", Route::new(data.clone())),
+        ("/c", Route::new(data.clone())),
+    ])
+    .await;
+    let authority = server.authority();
+    const SECRETS: [&str; 4] = [
+        "userinfo-secret-1",
+        "query-secret-2",
+        "amz-signature-secret-3",
+        "AKIAcredential4",
+    ];
+    let sb = Sandbox::new();
+    sb.spec(&format!(
+        "model a {{ url \"http://alice:userinfo-secret-1@{authority}/a.safetensors\"; path \"models/a.safetensors\"; }}\n\
+         model b {{ url \"http://{authority}/b?type=Model&token=query-secret-2\"; path \"models/b.safetensors\"; }}\n\
+         model c {{ url \"http://{authority}/c?X-Amz-Signature=amz-signature-secret-3&X-Amz-Credential=AKIAcredential4\"; path \"models/c.safetensors\"; }}\n"
+    ));
+    let mut seen = String::new();
+    for args in [
+        vec!["validate"],
+        vec!["validate", "--json"],
+        vec!["graph"],
+        vec!["plan"],
+        vec!["plan", "--json"],
+        vec!["plan", "--out", "saved.plan"],
+        vec!["show", "model.b"],
+        vec!["apply", "--yes"],
+        vec!["plan"],
+        vec!["plan", "--json"],
+        vec!["drift"],
+        vec!["drift", "--json"],
+        vec!["show", "model.c"],
+        vec!["show", "model.c", "--json"],
+        vec!["state", "show", "model.a"],
+        vec!["pin"],
+        vec!["plan"],
+    ] {
+        let out = run(&sb, &args, &[]).await;
+        seen.push_str(&format!("$ {args:?}\n{}\n{}\n", out.stdout, out.stderr));
+    }
+    // The runs reached the places a secret could leak through.
+    for name in ["a", "b", "c"] {
+        assert_eq!(
+            std::fs::read(sb.path(&format!("models/{name}.safetensors"))).unwrap(),
+            data
+        );
+    }
+    assert!(
+        seen.contains("unpinned-model"),
+        "lints quoted the lines:\n{seen}"
+    );
+    assert!(seen.contains("token=***"), "{seen}");
+    assert!(seen.contains("X-Amz-Signature=***"), "{seen}");
+    assert!(seen.contains("http://***@"), "{seen}");
+    for secret in SECRETS {
+        assert!(
+            !seen.contains(secret),
+            "{secret} leaked into output:\n{seen}"
+        );
+    }
+    let mut files = vec![sb.path("saved.plan")];
+    let mut dirs = vec![sb.path(".plasma")];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                dirs.push(path);
+            } else {
+                files.push(path);
+            }
+        }
+    }
+    assert!(files.iter().any(|f| f.ends_with("model.b.log")));
+    assert!(files.iter().any(|f| f.ends_with("state.json")));
+    for file in files {
+        let text = String::from_utf8_lossy(&std::fs::read(&file).unwrap()).into_owned();
+        for secret in SECRETS {
+            assert!(
+                !text.contains(secret),
+                "{secret} leaked into {}",
+                file.display()
+            );
+        }
+    }
+}
+
+/// Unpinned, a JSON error answered with 200 is refused: no file, no digest
+/// recorded, nothing for `pin` to write.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unpinned_error_body_is_not_placed_recorded_or_pinned() {
+    let server = serve(vec![(
+        "/m",
+        Route::new(vec![]).fault(Fault::Body {
+            content_type: "application/json",
+            body: br#"{"error":"Unauthorized"}"#,
+        }),
+    )])
+    .await;
+    let sb = Sandbox::new();
+    sb.spec(&model_spec(
+        "m",
+        &server.url("/m"),
+        "models/m.safetensors",
+        "",
+    ));
+    let apply = run(&sb, &["apply", "--yes"], &[]).await;
+    apply.code(1);
+    assert!(
+        apply
+            .stderr
+            .contains("what was received is not a safetensors file")
+            && apply.stderr.contains("Content-Type application/json")
+            && apply.stderr.contains(r#"{\"error\":\"Unauthorized\"}"#),
+        "{}",
+        apply.stderr
+    );
+    assert_nothing_placed(&sb.path("models/m.safetensors"));
+    let pin = run(&sb, &["pin"], &[]).await;
+    assert!(!sb.read("plasma.kdl").contains("sha256"), "{pin:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_login_page_names_the_unset_token_variable() {
+    let server = serve(vec![("/m", Route::new(vec![]).fault(Fault::HtmlLogin))]).await;
+    let sb = Sandbox::new();
+    sb.spec(&model_spec(
+        "m",
+        &server.url("/m"),
+        "models/m.safetensors",
+        "    token-env CIVITAI_TOKEN\n",
+    ));
+    let apply = run(&sb, &["apply", "--yes"], &[]).await;
+    apply.code(1);
+    assert!(
+        apply
+            .stderr
+            .contains("the server sent a web page, not the file")
+            && apply
+                .stderr
+                .contains("the model's token-env is CIVITAI_TOKEN, but $CIVITAI_TOKEN is not set"),
+        "{}",
+        apply.stderr
+    );
+    assert_nothing_placed(&sb.path("models/m.safetensors"));
+}
+
+/// A shared models folder on an unmounted disk: a symlink to nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dangling_models_folder_is_named_in_plan_and_apply() {
+    let server = serve(vec![("/m", Route::new(safetensors_file(1000, 1)))]).await;
+    let sb = Sandbox::new();
+    std::os::unix::fs::symlink("/nonexistent/Volumes/External/models", sb.path("models")).unwrap();
+    sb.spec(&model_spec(
+        "m",
+        &server.url("/m"),
+        "models/ckpt/m.safetensors",
+        "",
+    ));
+    let said = "is a symbolic link to /nonexistent/Volumes/External/models, which does not \
+                exist (an external disk that is not mounted?)";
+    for args in [vec!["plan"], vec!["apply", "--yes"]] {
+        let out = run(&sb, &args, &[]).await;
+        out.code(1);
+        let all = format!("{}{}", out.stdout, out.stderr);
+        assert!(all.contains(said), "{args:?}: {all}");
+        assert!(all.contains("mount the disk"), "{args:?}: {all}");
+        assert!(!all.contains("File exists"), "{args:?}: {all}");
+    }
+    assert!(server.requests().is_empty());
+}
+
+#[test]
+fn sizes_that_overflow_or_split_a_byte_are_spec_errors_at_their_span() {
+    let sb = Sandbox::new();
+    sb.spec(
+        r#"model a {
+    url "https://example.com/a.safetensors"
+    path "models/a.safetensors"
+    size "20000000000GB"
+}
+model b {
+    url "https://example.com/b.safetensors"
+    path "models/b.safetensors"
+    size "1.5"
+}
+model c {
+    url "https://example.com/c.safetensors"
+    path "models/c.safetensors"
+    size 2.5
+}
+model d {
+    url "https://example.com/d.safetensors"
+    path "models/d.safetensors"
+    size "2.1GB"
+    timeout "2h"
+    min-speed "10KB/s"
+}
+"#,
+    );
+    let out = sb.run(&["validate"]);
+    out.code(1);
+    for said in [
+        "spec::size-too-large",
+        "`20000000000GB` is more bytes than a file can have",
+        "spec::fractional-size",
+        "`1.5` is a fraction of a byte",
+        "`2.5` is a fraction of a byte",
+    ] {
+        assert!(out.stderr.contains(said), "{said}: {}", out.stderr);
+    }
+    // At their spans: the quoted lines are underlined.
+    assert!(
+        out.stderr.contains("size \"20000000000GB\""),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        !out.stderr.contains("model d"),
+        "d is valid: {}",
+        out.stderr
+    );
+}
+
+/// `size "0.3MB"` holds a 300 000-byte file within 0.05 MB; `"0.2MB"` does not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_human_size_matches_at_the_precision_it_was_written() {
+    let data = safetensors_file(310_000, 3);
+    let server = serve(vec![("/m", Route::new(data.clone()))]).await;
+    let sb = Sandbox::new();
+    sb.spec(&model_spec(
+        "m",
+        &server.url("/m"),
+        "models/m.safetensors",
+        "    size \"0.3MB\"\n",
+    ));
+    run(&sb, &["apply", "--yes"], &[]).await.code(0);
+    assert_eq!(
+        std::fs::read(sb.path("models/m.safetensors")).unwrap(),
+        data
+    );
+    let plan = run(&sb, &["plan", "--detailed-exitcode"], &[]).await;
+    plan.code(0);
+
+    let other = Sandbox::new();
+    other.spec(&model_spec(
+        "m",
+        &server.url("/m"),
+        "models/m.safetensors",
+        "    size \"0.2MB\"\n",
+    ));
+    let apply = run(&other, &["apply", "--yes"], &[]).await;
+    apply.code(1);
+    assert!(
+        apply
+            .stderr
+            .contains("is 310000 bytes, but the spec's size says 0.2MB (150000 to 250000 bytes)"),
+        "{}",
+        apply.stderr
+    );
+    assert_nothing_placed(&other.path("models/m.safetensors"));
+}
+
+/// One byte every 2 s would hold apply (and the state lock) for days; the
+/// model's `timeout` ends it, keeping the bytes so far.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trickling_server_ends_within_the_models_timeout() {
+    let server = serve(vec![(
+        "/m",
+        Route::new(safetensors_file(10_000, 4)).fault(Fault::Trickle {
+            chunk: 1,
+            pause: Duration::from_secs(2),
+        }),
+    )])
+    .await;
+    let sb = Sandbox::new();
+    sb.spec(&model_spec(
+        "m",
+        &server.url("/m"),
+        "models/m.safetensors",
+        "    timeout \"3s\"\n",
+    ));
+    let started = std::time::Instant::now();
+    let apply = run(&sb, &["apply", "--yes"], &[]).await;
+    let took = started.elapsed();
+    apply.code(1);
+    assert!(took < Duration::from_secs(15), "apply took {took:?}");
+    assert!(
+        apply
+            .stderr
+            .contains("did not finish within 3s (the model's `timeout`)")
+            && apply.stderr.contains("longer `timeout`"),
+        "{}",
+        apply.stderr
+    );
+    assert!(!sb.path("models/m.safetensors").exists());
+}
+
+/// `url "…" token-env=VAR` gives a mirror on another host its own token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mirror_url_carries_its_own_token_env() {
+    let data = safetensors_file(50_000, 5);
+    let main = serve(vec![]).await;
+    let mirror = HttpFixture::new()
+        .route(
+            "/m",
+            Route::new(data.clone()).fault(Fault::RequireBearer("mirror-token-77".into())),
+        )
+        .start_on("127.0.0.2")
+        .await;
+    let sb = Sandbox::new();
+    sb.spec(&format!(
+        "model m {{\n    url \"{}\"\n    url \"{}\" token-env=MIRROR_TOKEN\n    path \"models/m.safetensors\"\n    token-env MAIN_TOKEN\n}}\n",
+        main.url("/m"),
+        mirror.url("/m")
+    ));
+    let env = [("MAIN_TOKEN", TOKEN), ("MIRROR_TOKEN", "mirror-token-77")];
+    run(&sb, &["apply", "--yes"], &env).await.code(0);
+    assert_eq!(
+        std::fs::read(sb.path("models/m.safetensors")).unwrap(),
+        data
+    );
+    assert!(main.requests().iter().all(|r| r.authorization_present));
+    for seen in mirror.requests() {
+        assert_eq!(
+            seen.headers.get("authorization").map(String::as_str),
+            Some("Bearer mirror-token-77")
+        );
+    }
+}
+
+/// Mirrors that answer 404 and 410: each is said as it is, and nothing
+/// promises a resume, since nothing was kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn missing_and_gone_mirrors_promise_no_resume() {
+    let server = serve(vec![(
+        "/gone",
+        Route::new(vec![]).fault(Fault::Status(410)),
+    )])
+    .await;
+    let sb = Sandbox::new();
+    sb.spec(&format!(
+        "model m {{\n    url \"{}\" \"{}\"\n    path \"models/m.safetensors\"\n}}\n",
+        server.url("/missing"),
+        server.url("/gone")
+    ));
+    let apply = run(&sb, &["apply", "--yes"], &[]).await;
+    apply.code(1);
+    assert!(
+        apply.stderr.contains("was not found (404)") && apply.stderr.contains("is gone (410)"),
+        "{}",
+        apply.stderr
+    );
+    assert!(!apply.stderr.contains("resume"), "{}", apply.stderr);
+    assert_nothing_placed(&sb.path("models/m.safetensors"));
 }

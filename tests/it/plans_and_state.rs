@@ -55,7 +55,7 @@ fn a_saved_plan_applies_exactly_and_only_while_fresh() {
     let again = sb.run(&["apply", "saved.plan"]);
     again.code(1);
     assert!(
-        again.stderr.contains("the saved plan saved.plan is stale: the state changed since the plan was made (serial 0 then, 1 now)"),
+        again.stderr.contains("the saved plan saved.plan is stale: the state changed since the plan was made (serial 0 then, 2 now)"),
         "{}",
         again.stderr
     );
@@ -462,4 +462,362 @@ fn ctrl_c_finishes_running_work_writes_state_and_exits_130() {
     assert!(interrupted, "no SIGINT landed during the walk");
     sb.run(&["apply", "--yes"]).code(0);
     sb.run(&["plan", "--detailed-exitcode"]).code(0);
+}
+
+/// Whether this test may mount file systems (root); otherwise it says why
+/// it is skipped.
+fn can_mount(test: &str) -> bool {
+    // SAFETY: geteuid(2) has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    if !root {
+        eprintln!("{test}: skipped: mounting a tmpfs needs root");
+    }
+    root
+}
+
+/// `mount ARGS…`, which must succeed.
+fn mount(args: &[&str]) {
+    let status = std::process::Command::new("mount")
+        .args(args)
+        .status()
+        .unwrap();
+    assert!(status.success(), "mount {args:?} failed");
+}
+
+/// Unmounts on drop, so a failing test leaves no mount behind.
+struct Mounted(std::path::PathBuf);
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.0).status();
+    }
+}
+
+fn files_spec(groups: usize) -> String {
+    let mut spec = String::new();
+    for g in 0..groups {
+        spec.push_str(&format!(
+            "file user{g} {{\n    path \"user/u{g}.txt\"\n    content \"managed {g}\\n\"\n}}\n"
+        ));
+        for j in 0..40 {
+            spec.push_str(&format!(
+                "file g{g}f{j} {{\n    path \"out/g{g}/f{j}.txt\"\n    content \"{g} {j} {}\\n\"\n}}\n",
+                "y".repeat(100)
+            ));
+        }
+    }
+    spec
+}
+
+/// Every regular file under `dir`, relative to the sandbox.
+fn files_under(sb: &Sandbox, dir: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    let mut stack = vec![sb.path(dir)];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for entry in entries {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                stack.push(path);
+            } else {
+                found.push(path.strip_prefix(sb.root()).unwrap().display().to_string());
+            }
+        }
+    }
+    found.sort();
+    found
+}
+
+#[test]
+fn sigkill_during_applies_never_loses_what_plasma_created() {
+    let sb = Sandbox::new();
+    let rounds = 32;
+    let mut rng = Lcg(0xdead_beef);
+    let mut landed = 0;
+    for round in 0..rounds {
+        // Each round adds ten files for plasma to create, and one file the
+        // user made first (plasma adopts it; it must survive --prune).
+        sb.write(&format!("user/u{round}.txt"), "the user's own\n");
+        sb.spec(&files_spec(round + 1));
+        let mut child = sb
+            .command(&["apply", "--yes", "--parallelism", "2"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        if round % 4 == 0 {
+            // Anywhere: loading, planning, recording intents, creating.
+            std::thread::sleep(Duration::from_millis(rng.next(150)));
+        } else {
+            // While this round's files are being created.
+            let started = Instant::now();
+            while !sb.path(&format!("out/g{round}")).exists()
+                && child.try_wait().unwrap().is_none()
+                && started.elapsed() < Duration::from_secs(30)
+            {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            std::thread::sleep(Duration::from_millis(rng.next(25)));
+        }
+        if child.try_wait().unwrap().is_none() {
+            landed += 1;
+        }
+        let _ = child.kill();
+        child.wait().unwrap();
+    }
+    assert!(
+        landed >= 10,
+        "only {landed} of {rounds} kills interrupted an apply; the test proved little"
+    );
+    let created = files_under(&sb, "out");
+    assert!(!created.is_empty(), "the applies created nothing");
+
+    // The spec drops everything: --prune deletes every file plasma created
+    // (whichever apply made it, killed or not) and nothing else.
+    sb.spec("");
+    let plan = sb.run(&["plan", "--prune"]);
+    plan.code(0);
+    for file in &created {
+        assert!(
+            plan.stdout
+                .contains(&format!("- path: {}", sb.path(file).display())),
+            "the plan does not say it deletes {file}:\n{}",
+            plan.stdout
+        );
+    }
+    sb.run(&["apply", "--yes", "--prune"]).code(0);
+    assert_eq!(files_under(&sb, "out"), Vec::<String>::new());
+    for round in 0..rounds {
+        assert!(
+            sb.path(&format!("user/u{round}.txt")).exists(),
+            "--prune deleted user/u{round}.txt, which the user made"
+        );
+    }
+}
+
+#[test]
+fn a_full_disk_under_the_state_loses_no_created_path() {
+    if !can_mount("a_full_disk_under_the_state_loses_no_created_path") {
+        return;
+    }
+    let sb = Sandbox::new();
+    let statefs = sb.path("statefs");
+    std::fs::create_dir_all(&statefs).unwrap();
+    mount(&[
+        "-t",
+        "tmpfs",
+        "-o",
+        "size=160k",
+        "tmpfs",
+        statefs.to_str().unwrap(),
+    ]);
+    let _mounted = Mounted(statefs.clone());
+    let count = 400;
+    sb.spec(&many_files_spec(count, "v"));
+    let state = "statefs/state.json";
+    let first = sb.run(&["apply", "--yes", "--state", state]);
+    first.code(1);
+    assert!(
+        first.stderr.contains("No space left on device"),
+        "{}",
+        first.stderr
+    );
+    let made = files_under(&sb, "out").len();
+    assert!(made > 0, "the state write failed before any file was made");
+
+    // Space comes back: the next apply finds every file and records each as
+    // created by plasma.
+    mount(&["-o", "remount,size=8m", statefs.to_str().unwrap()]);
+    sb.run(&["apply", "--yes", "--state", state]).code(0);
+    let recorded: serde_json::Value = serde_json::from_str(&sb.read(state)).unwrap();
+    let resources = recorded["resources"].as_object().unwrap();
+    assert_eq!(resources.len(), count);
+    let not_created: Vec<&String> = resources
+        .iter()
+        .filter(|(_, r)| r["created"] != true)
+        .map(|(a, _)| a)
+        .collect();
+    assert!(
+        not_created.is_empty(),
+        "recorded as not created: {not_created:?}"
+    );
+    sb.spec("");
+    sb.run(&["apply", "--yes", "--prune", "--state", state])
+        .code(0);
+    assert_eq!(files_under(&sb, "out"), Vec::<String>::new());
+}
+
+#[test]
+fn a_missing_state_with_a_backup_is_an_error_offering_restore() {
+    let sb = Sandbox::new();
+    sb.spec(SPEC);
+    sb.run(&["apply", "--yes"]).code(0);
+    sb.spec(&SPEC.replace("beta", "gamma"));
+    sb.run(&["apply", "--yes"]).code(0);
+    let lineage = sb.state()["lineage"].clone();
+    let serial = sb.state()["serial"].as_u64().unwrap();
+    std::fs::remove_file(sb.path(".plasma/state.json")).unwrap();
+    for command in [&["plan"][..], &["drift"], &["apply", "--yes"]] {
+        let run = sb.run(command);
+        run.code(1);
+        assert!(
+            run.stderr.contains("is missing, but its backup")
+                && run
+                    .stderr
+                    .contains(&format!("(serial {}, lineage ", serial - 1))
+                && run.stderr.contains("Run `plasma state restore`")
+                && run.stderr.contains("pass --new-state"),
+            "{command:?}: {}",
+            run.stderr
+        );
+    }
+    assert!(
+        !sb.path(".plasma/state.json").exists(),
+        "nothing was written"
+    );
+
+    let restore = sb.run(&["state", "restore"]);
+    restore.code(0);
+    assert!(
+        restore.stdout.contains("Restored the state from"),
+        "{}",
+        restore.stdout
+    );
+    let restored = sb.state();
+    assert_eq!(restored["lineage"], lineage);
+    // Above the lost state's serial: a plan saved against it is stale.
+    assert_eq!(restored["serial"], serial + 1);
+    assert_eq!(restored["resources"]["file.a"]["created"], true);
+    sb.run(&["apply", "--yes"]).code(0);
+    sb.run(&["drift"]).code(0);
+
+    // Restoring over an existing state needs --force.
+    let again = sb.run(&["state", "restore"]);
+    again.code(1);
+    assert!(again.stderr.contains("pass --force"), "{}", again.stderr);
+
+    // --new-state starts over knowingly: a new lineage.
+    std::fs::remove_file(sb.path(".plasma/state.json")).unwrap();
+    sb.run(&["apply", "--yes", "--new-state"]).code(0);
+    assert_ne!(sb.state()["lineage"], lineage);
+}
+
+#[test]
+fn a_state_of_a_newer_format_is_refused_naming_both_versions() {
+    let sb = Sandbox::new();
+    sb.spec(SPEC);
+    sb.write(
+        ".plasma/state.json",
+        r#"{"format_version": 7, "serial": 3, "lineage": "x", "plasma_version": "9.0.0", "resources": {}, "future": 1}"#,
+    );
+    for command in [&["plan"][..], &["apply", "--yes"], &["state", "list"]] {
+        let run = sb.run(command);
+        run.code(1);
+        assert!(
+            run.stderr
+                .contains("has format version 7, newer than this plasma")
+                && run.stderr.contains("reads (format version 1)"),
+            "{command:?}: {}",
+            run.stderr
+        );
+    }
+    assert!(!sb.path("out").exists());
+    assert!(sb.read(".plasma/state.json").contains("\"future\": 1"));
+}
+
+#[test]
+fn an_unwritable_state_stops_apply_before_it_changes_anything() {
+    let sb = Sandbox::new();
+    sb.spec(SPEC);
+    let root = can_mount(
+        "an_unwritable_state_stops_apply_before_it_changes_anything (read-only mount part)",
+    );
+    let (state, _mounted) = if root {
+        // Root writes through permissions, so the folder is a read-only
+        // tmpfs; the lock file alone stays writable (bind-mounted), as a
+        // lock would be for a user whose state file is read-only.
+        let statefs = sb.path("statefs");
+        std::fs::create_dir_all(&statefs).unwrap();
+        mount(&[
+            "-t",
+            "tmpfs",
+            "-o",
+            "size=1m",
+            "tmpfs",
+            statefs.to_str().unwrap(),
+        ]);
+        (String::from("statefs/state.json"), Some(Mounted(statefs)))
+    } else {
+        (String::from(".plasma/state.json"), None)
+    };
+    sb.run(&["apply", "--yes", "--state", &state]).code(0);
+    let lock_bind = if root {
+        let lock = sb.write("writable.lock", "");
+        let target = sb.path("statefs/state.json.lock");
+        mount(&["--bind", lock.to_str().unwrap(), target.to_str().unwrap()]);
+        mount(&["-o", "remount,ro", sb.path("statefs").to_str().unwrap()]);
+        Some(Mounted(target))
+    } else {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(sb.path(".plasma"), std::fs::Permissions::from_mode(0o500))
+            .unwrap();
+        None
+    };
+    sb.spec(&SPEC.replace("beta", "gamma"));
+    let run = sb.run(&["apply", "--yes", "--state", &state]);
+    run.code(1);
+    assert!(
+        run.stderr.contains("cannot write the state in")
+            && run.stderr.contains("Nothing was changed"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(sb.read("out/b.txt"), "beta\n", "apply changed the machine");
+    drop(lock_bind);
+}
+
+#[test]
+fn a_lock_left_by_a_dead_plasma_is_taken_over_and_reported() {
+    let sb = Sandbox::new();
+    sb.spec(SPEC);
+    // What a killed plasma leaves: its holder line, with no lock held.
+    sb.write(
+        ".plasma/state.json.lock",
+        "pid 999999, `plasma apply`, since 2026-11-22T03:00:00Z",
+    );
+    let run = sb.run(&["apply", "--yes"]);
+    run.code(0);
+    assert!(
+        run.stderr.contains("Warning: took over the state lock from a plasma that ended without releasing it (pid 999999, `plasma apply`, since 2026-11-22T03:00:00Z)"),
+        "{}",
+        run.stderr
+    );
+    // A lock released cleanly is not reported.
+    sb.spec(&SPEC.replace("beta", "gamma"));
+    let again = sb.run(&["apply", "--yes"]);
+    again.code(0);
+    assert!(!again.stderr.contains("took over"), "{}", again.stderr);
+}
+
+#[test]
+fn a_serial_at_its_limit_is_a_clear_error_before_any_change() {
+    let sb = Sandbox::new();
+    sb.spec(SPEC);
+    sb.run(&["apply", "--yes"]).code(0);
+    let text = sb.read(".plasma/state.json");
+    let mut state: serde_json::Value = serde_json::from_str(&text).unwrap();
+    state["serial"] = serde_json::json!(u64::MAX);
+    sb.write(".plasma/state.json", &state.to_string());
+    sb.spec(&SPEC.replace("beta", "gamma"));
+    let run = sb.run(&["apply", "--yes"]);
+    run.code(1);
+    assert!(
+        run.stderr
+            .contains("is at serial 18446744073709551615, the largest there is"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(sb.read("out/b.txt"), "beta\n");
 }

@@ -44,6 +44,16 @@ pub enum Fault {
     StallAfter { after: usize, pause: Duration },
     /// Announce `extra` more bytes than the body has, send the body, close.
     ShortBody { extra: usize },
+    /// 200 with this `Content-Type` and this body instead of the route's
+    /// (an API's error object answered with 200).
+    Body {
+        content_type: &'static str,
+        body: &'static [u8],
+    },
+    /// The route's body, said to be `Content-Encoding: <this>` (the bytes
+    /// are a gzip member's first bytes followed by the body: what matters is
+    /// that they are not the file).
+    Encoded(&'static str),
 }
 
 /// What one path serves.
@@ -110,6 +120,8 @@ pub struct SeenRequest {
     pub range: Option<String>,
     pub if_range: Option<String>,
     pub authorization_present: bool,
+    /// Every header, names in lower case.
+    pub headers: HashMap<String, String>,
 }
 
 #[derive(Default)]
@@ -142,9 +154,13 @@ impl HttpFixture {
     }
 
     pub async fn start(self) -> RunningServer {
-        let listener = TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind loopback");
+        self.start_on("127.0.0.1").await
+    }
+
+    /// Serves on `host` (any of 127.0.0.0/8 on Linux), so two servers can
+    /// be two hosts.
+    pub async fn start_on(self, host: &str) -> RunningServer {
+        let listener = TcpListener::bind((host, 0)).await.expect("bind loopback");
         let addr = listener.local_addr().expect("bound address");
         let shared = Arc::new(Mutex::new(Shared {
             routes: self.routes,
@@ -162,6 +178,11 @@ impl HttpFixture {
 }
 
 impl RunningServer {
+    /// `host:port` as a URL names it.
+    pub fn authority(&self) -> String {
+        self.addr.to_string()
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{}", self.addr, path)
     }
@@ -231,6 +252,7 @@ async fn serve_connection(mut stream: TcpStream, shared: Arc<Mutex<Shared>>) {
             range: request.headers.get("range").cloned(),
             if_range: request.headers.get("if-range").cloned(),
             authorization_present: request.headers.contains_key("authorization"),
+            headers: request.headers.clone(),
         });
         shared.routes.get(&route_path).cloned().map(|route| {
             let served = shared.served.entry(route_path).or_insert(0);
@@ -287,6 +309,26 @@ async fn respond(
             if request.headers.get("authorization") != Some(&expected) {
                 return respond_simple(stream, 401, "unauthorized").await;
             }
+        }
+        Some(Fault::Body { content_type, body }) => {
+            let head = format!(
+                "HTTP/1.1 200 OK\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                body.len()
+            );
+            stream.write_all(head.as_bytes()).await?;
+            stream.write_all(body).await?;
+            return stream.shutdown().await;
+        }
+        Some(Fault::Encoded(encoding)) => {
+            let mut body = b"\x1f\x8b\x08\x00\x00\x00\x00\x00".to_vec();
+            body.extend_from_slice(&route.body);
+            let head = format!(
+                "HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\nContent-Encoding: {encoding}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                body.len()
+            );
+            stream.write_all(head.as_bytes()).await?;
+            stream.write_all(&body).await?;
+            return stream.shutdown().await;
         }
         Some(Fault::HtmlLogin) => {
             let head = format!(
@@ -397,6 +439,7 @@ fn reason(status: u16) -> &'static str {
         401 => "Unauthorized",
         403 => "Forbidden",
         404 => "Not Found",
+        410 => "Gone",
         500 => "Internal Server Error",
         503 => "Service Unavailable",
         _ => "Status",
@@ -415,4 +458,32 @@ pub fn noise(len: usize, seed: u32) -> Vec<u8> {
             (state >> 24) as u8
         })
         .collect()
+}
+
+/// A valid `.safetensors` file of exactly `len` bytes (at least 128): one
+/// `U8` tensor named `weight` holding [`noise`], so a model body is both
+/// random-looking and what its name says.
+pub fn safetensors_file(len: usize, seed: u32) -> Vec<u8> {
+    let header_for = |payload: usize| {
+        format!(r#"{{"weight":{{"dtype":"U8","shape":[{payload}],"data_offsets":[0,{payload}]}}}}"#)
+    };
+    let payload = len - 8 - header_for(len).len();
+    // Pad with spaces (the format allows them) to land on `len` exactly.
+    let mut header = header_for(payload);
+    while 8 + header.len() + payload < len {
+        header.push(' ');
+    }
+    let mut bytes = (header.len() as u64).to_le_bytes().to_vec();
+    bytes.extend_from_slice(header.as_bytes());
+    bytes.extend(noise(payload, seed));
+    assert_eq!(bytes.len(), len);
+    bytes
+}
+
+/// `len` bytes that start like a pickle stream of protocol 2 (how
+/// `torch.save` wrote checkpoints before zip), then [`noise`].
+pub fn pickle_file(len: usize, seed: u32) -> Vec<u8> {
+    let mut bytes = b"\x80\x02".to_vec();
+    bytes.extend(noise(len - 2, seed));
+    bytes
 }

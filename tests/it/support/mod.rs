@@ -2,6 +2,7 @@
 //! binary, git repositories, Python wheels and indexes, and an HTTP server
 //! that injects faults.
 
+pub mod comfyfix;
 pub mod gitfix;
 pub mod httpfix;
 pub mod pyfix;

@@ -78,12 +78,21 @@ impl Sandbox {
             .current_dir(self.root())
             .env("HOME", self.home())
             .env("NO_COLOR", "1")
-            .env_remove("PLASMA_LOG");
+            .env_remove("PLASMA_LOG")
+            .env_remove("PLASMA_PLATFORM");
         cmd
     }
 
     pub fn run(&self, args: &[&str]) -> Run {
         Run::from(self.command(args).output().expect("plasma runs"))
+    }
+
+    /// Runs plasma on a machine faked through `PLASMA_PLATFORM`
+    /// (`os=macos arch=aarch64 accelerator=mps memory=16GiB`).
+    pub fn run_on(&self, facts: &str, args: &[&str]) -> Run {
+        let mut cmd = self.command(args);
+        cmd.env("PLASMA_PLATFORM", facts);
+        Run::from(cmd.output().expect("plasma runs"))
     }
 
     pub fn state(&self) -> serde_json::Value {
