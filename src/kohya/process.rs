@@ -1,17 +1,8 @@
-//! Running the trainer in its own process group, so that a kill reaches
-//! every process of the run: `accelerate launch` killed alone leaves
-//! `train_network.py` running (observed on 3e6935a), and data-loader
-//! workers are children of the trainer.
-//!
-//! A small local helper until the shared `child` module (process groups for
-//! every subprocess) lands on main.
-
-use std::os::unix::process::CommandExt;
-
-/// Makes `command` start a new process group whose id is the child's pid.
-pub fn own_group(command: &mut tokio::process::Command) {
-    command.as_std_mut().process_group(0);
-}
+//! Signals to the trainer's process group (started in a group of its own
+//! by [`crate::child::spawn_async`]), so that a stop reaches every process
+//! of the run: `accelerate launch` killed alone leaves `train_network.py`
+//! running (observed on 3e6935a), and data-loader workers are children of
+//! the trainer.
 
 /// Sends `signal` to the whole group `pgid`. A group that is already gone
 /// is not an error.

@@ -1657,16 +1657,18 @@ impl Lora {
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped());
-        process::own_group(&mut command);
         let started = SystemTime::now();
         let clock = Instant::now();
-        let mut child = command.spawn().map_err(|e| {
+        // In its own process group, registered so that a second Ctrl-C and
+        // the next apply after a killed plasma find it.
+        let mut running = crate::child::spawn_async(&mut command).map_err(|e| {
             ResourceError::new(format!(
                 "cannot start {}: {e}",
                 invocation.program.display()
             ))
             .help("the venv must have the launcher (`accelerate`, or `python`) in its bin/")
         })?;
+        let child = &mut running.child;
         let pgid = child.id().unwrap_or(0);
         let _group = GroupGuard(pgid);
 

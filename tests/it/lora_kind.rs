@@ -627,3 +627,142 @@ lora tiny {{
     println!("{}", show.stdout);
     sb.run(&["plan", "--detailed-exitcode"]).code(0);
 }
+
+/// The root spec's Spyke LoRA plans the user's real run on a machine without
+/// its dataset: the counts come from `images`, and the reg balancing doubles
+/// every epoch (1840 steps, not the 920 the notes planned).
+#[test]
+fn the_root_spec_plans_the_spyke_lora_at_1840_steps() {
+    let sb = Sandbox::new();
+    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/plasma.kdl");
+    let plan = sb.run(&["plan", "-f", root, "--state", "state.json"]);
+    plan.code(0);
+    assert!(
+        plan.stdout.contains(
+            "train 23 images × 10 repeats = 230; reg 100 images balanced to 230; 460 per epoch / batch 1 × 4 epochs = 1840 steps (dataset not present"
+        ),
+        "{}",
+        plan.stdout
+    );
+    let text = format!("{}{}", plan.stdout, plan.stderr);
+    assert!(text.contains("the folder prefix `10_` is ignored under a dataset TOML: this subset repeats 10 times per"), "{text}");
+    let command = sb.run(&["show", "lora.spyke", "--command", "-f", root]);
+    command.code(0);
+    assert!(
+        command.stdout.contains("accelerate launch --config_file "),
+        "{}",
+        command.stdout
+    );
+    assert!(
+        command
+            .stdout
+            .contains("kohya_ss/sd-scripts/train_network.py"),
+        "{}",
+        command.stdout
+    );
+    assert!(
+        command.stdout.contains("PYTORCH_ENABLE_MPS_FALLBACK=1"),
+        "{}",
+        command.stdout
+    );
+}
+
+/// Ctrl-C to plasma reaches the trainer's whole process group (the trainer
+/// runs in its own group, so the terminal's SIGINT would not), and nothing
+/// of the run is left behind or installed.
+#[test]
+fn ctrl_c_stops_the_whole_training_group() {
+    let sb = Sandbox::new();
+    fixture(&sb, "dataset/train/spyke");
+    sb.spec(&spec("dataset/train/spyke", ""));
+    let pids = sb.path("pids");
+    let child = sb
+        .command(&["apply", "--yes"])
+        .env("STANDIN_STEP_SECONDS", "1")
+        .env("STANDIN_PID_FILE", &pids)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while !pids.exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the trainer never started"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let status = std::process::Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let out = child.wait_with_output().unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!out.status.success(), "{text}");
+    assert!(
+        text.contains("training stopped: apply was interrupted"),
+        "{text}"
+    );
+    let pids: Vec<i32> = std::fs::read_to_string(&pids)
+        .unwrap()
+        .split_whitespace()
+        .map(|p| p.parse().unwrap())
+        .collect();
+    std::thread::sleep(Duration::from_millis(200));
+    for pid in pids {
+        assert!(!alive(pid), "process {pid} of the run is still alive");
+    }
+    assert!(!installed(&sb).exists());
+}
+
+/// A NaN loss stops the run; fp16 on the CPU and a tokenizer that cannot be
+/// fetched offline are explained with what to change.
+#[test]
+fn nan_loss_fp16_on_cpu_and_an_offline_tokenizer_are_explained() {
+    let sb = Sandbox::new();
+    fixture(&sb, "dataset/train/spyke");
+    sb.spec(&spec("dataset/train/spyke", ""));
+    let apply = run_with(
+        &sb,
+        &["apply", "--yes"],
+        &[
+            ("STANDIN_NAN_AT_STEP", "5"),
+            ("STANDIN_STEP_SECONDS", "0.2"),
+        ],
+    );
+    apply.code(1);
+    let text = format!("{}{}", apply.stdout, apply.stderr);
+    assert!(
+        text.contains("training stopped: the loss became NaN at step 5"),
+        "{text}"
+    );
+    assert!(!installed(&sb).exists());
+
+    let apply = run_with(&sb, &["apply", "--yes"], &[("HF_HUB_OFFLINE", "1")]);
+    apply.code(1);
+    let text = format!("{}{}", apply.stdout, apply.stderr);
+    assert!(text.contains("could not load the CLIP tokenizer"), "{text}");
+    assert!(text.contains("tokenizer-cache"), "{text}");
+
+    sb.spec(
+        &spec("dataset/train/spyke", "")
+            .replace("mixed-precision \"no\"", "mixed-precision \"fp16\""),
+    );
+    let apply = sb.run(&["apply", "--yes"]);
+    apply.code(1);
+    let text = format!("{}{}", apply.stdout, apply.stderr);
+    assert!(
+        text.contains("fp16 mixed precision failed on the CPU"),
+        "{text}"
+    );
+    assert!(
+        text.contains("mixed-precision \\\"no\\\"") || text.contains("mixed-precision \"no\""),
+        "{text}"
+    );
+}

@@ -15,7 +15,7 @@ first step as accelerate 0.33 does.
 Test knobs (environment): STANDIN_STEP_SECONDS (default 0.01),
 STANDIN_LOSS_MIN_AT (the step with the lowest loss; default half the run),
 STANDIN_SIGKILL_AT_STEP (kill itself with SIGKILL there, as the kernel's OOM
-killer would), STANDIN_PID_FILE (write the trainer's and its loader
+killer would), STANDIN_NAN_AT_STEP (the loss is NaN from there on), STANDIN_PID_FILE (write the trainer's and its loader
 worker's pids there).
 """
 
@@ -168,6 +168,7 @@ def main():
     delay = float(os.environ.get("STANDIN_STEP_SECONDS", "0.01"))
     min_at = int(os.environ.get("STANDIN_LOSS_MIN_AT", str(max(steps // 2, 1))))
     kill_at = int(os.environ.get("STANDIN_SIGKILL_AT_STEP", "0"))
+    nan_at = int(os.environ.get("STANDIN_NAN_AT_STEP", "0"))
     name = args.output_name or "last"
     start = time.time()
     step = 0
@@ -183,6 +184,8 @@ def main():
             if step == kill_at:
                 os.kill(os.getpid(), signal.SIGKILL)
             loss = 0.1 + 0.01 * abs(step - min_at) / 10
+            if nan_at and step >= nan_at:
+                loss = float("nan")
             elapsed = time.time() - start
             pct = int(100 * step / steps)
             bar = f"steps: {pct:3d}%|#| {step}/{steps} [{elapsed:05.2f}<00:00, {delay:.2f}s/it"
