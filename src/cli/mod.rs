@@ -227,6 +227,7 @@ pub enum StateCommand {
         /// Replace an existing (e.g. unreadable) state too.
         #[arg(long)]
         force: bool,
+        /// How long to wait for another plasma holding the state lock (e.g. "30s").
         #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
         lock_timeout: Duration,
     },
