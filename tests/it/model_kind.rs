@@ -953,6 +953,12 @@ model d {
     timeout "2h"
     min-speed "10KB/s"
 }
+model e {
+    url "https://example.com/e.safetensors"
+    url "https://mirror.example/e.safetensors" token-env="hf_abc123-not-a-name"
+    path "models/e.safetensors"
+    min-speed "fast"
+}
 "#,
     );
     let out = sb.run(&["validate"]);
@@ -963,6 +969,9 @@ model d {
         "spec::fractional-size",
         "`1.5` is a fraction of a byte",
         "`2.5` is a fraction of a byte",
+        "spec::malformed-speed",
+        "`fast` is not a speed",
+        "spec::malformed-token-env",
     ] {
         assert!(out.stderr.contains(said), "{said}: {}", out.stderr);
     }
