@@ -344,6 +344,17 @@ fn models() {
     let mib = env_or("PLASMA_BENCH_DOWNLOAD_MIB", 1024);
     let source = root.join("srv/model.safetensors");
     write_noise(&source, mib);
+    // It is placed as `big.bin`: plasma places a .bin only when it starts
+    // like a PyTorch checkpoint (here a protocol-2 pickle).
+    {
+        use std::io::{Seek, Write};
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&source)
+            .unwrap();
+        file.seek(std::io::SeekFrom::Start(0)).unwrap();
+        file.write_all(b"\x80\x02").unwrap();
+    }
     let sha = plasma::hashing::hash_file(&source).unwrap();
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()

@@ -6,7 +6,7 @@
 //!
 //! | extension | what the bytes must be |
 //! | --- | --- |
-//! | `.safetensors` | a readable safetensors header (8-byte length, JSON object of tensors) |
+//! | `.safetensors` | a readable safetensors header (8-byte length, JSON object of tensors), and exactly as many bytes after it as its tensors' `data_offsets` say |
 //! | `.ckpt .pth .pt .bin` | a zip archive (what `torch.save` writes since PyTorch 1.6) or a pickle stream of protocol 2 to 5 (the older `torch.save` format) |
 //! | `.yaml .yml` | a YAML document (UTF-8) |
 //! | `.json` | a JSON document |
@@ -67,9 +67,25 @@ impl FileKind {
     pub fn check(self, path: &Path) -> Result<(), String> {
         match self {
             FileKind::Unchecked => Ok(()),
-            FileKind::Safetensors => safetensors::read_header(path)
-                .map(|_| ())
-                .map_err(|e| e.reason()),
+            FileKind::Safetensors => {
+                let info = safetensors::read_header(path).map_err(|e| e.reason())?;
+                let len = std::fs::metadata(path)
+                    .map_err(|e| format!("cannot read it: {e}"))?
+                    .len();
+                // The format's own rule: the tensors' data fills the rest
+                // of the file exactly.
+                let expected = 8 + info.header_bytes + info.data_bytes;
+                match len.cmp(&expected) {
+                    std::cmp::Ordering::Equal => Ok(()),
+                    std::cmp::Ordering::Less => Err(format!(
+                        "it is truncated: its header describes {expected} bytes, it has {len}"
+                    )),
+                    std::cmp::Ordering::Greater => Err(format!(
+                        "it has {} bytes after its last tensor",
+                        len - expected
+                    )),
+                }
+            }
             FileKind::Pickle => {
                 let head = read_head(path, 4).map_err(|e| format!("cannot read it: {e}"))?;
                 if is_zip(&head) || is_pickle(&head) {
@@ -187,6 +203,8 @@ mod tests {
         tensors.extend_from_slice(header);
         tensors.extend_from_slice(&[0, 0]);
         assert_eq!(check("m.safetensors", &tensors), Ok(()));
+        let cut = check("m.safetensors", &tensors[..tensors.len() - 1]).unwrap_err();
+        assert!(cut.starts_with("it is truncated"), "{cut}");
         let json_error = check("m.safetensors", br#"{"error":"Unauthorized"}"#).unwrap_err();
         assert!(json_error.contains("header"), "{json_error}");
 

@@ -103,6 +103,10 @@ pub struct SafetensorsInfo {
     /// The free-form `__metadata__` map, empty when absent.
     pub metadata: BTreeMap<String, String>,
     pub architecture: Architecture,
+    /// Where the last tensor's data ends, counted from the end of the header:
+    /// a complete file is `8 + header_bytes + data_bytes` long.
+    #[serde(default)]
+    pub data_bytes: u64,
 }
 
 impl SafetensorsInfo {
@@ -230,6 +234,7 @@ fn parse_header_json(json: &[u8], header_bytes: u64) -> Result<SafetensorsInfo, 
     let mut dtypes = BTreeMap::new();
     let mut metadata = BTreeMap::new();
     let mut names = Vec::with_capacity(entries.len());
+    let mut data_bytes = 0u64;
     for (name, entry) in &entries {
         if name == "__metadata__" {
             let serde_json::Value::Object(map) = entry else {
@@ -251,6 +256,12 @@ fn parse_header_json(json: &[u8], header_bytes: u64) -> Result<SafetensorsInfo, 
             .and_then(serde_json::Value::as_str)
             .ok_or_else(|| HeaderProblem::Shape(format!("tensor {name:?} has no dtype")))?;
         *dtypes.entry(dtype.to_string()).or_insert(0) += 1;
+        let end = entry
+            .get("data_offsets")
+            .and_then(|offsets| offsets.get(1))
+            .and_then(serde_json::Value::as_u64)
+            .unwrap_or(0);
+        data_bytes = data_bytes.max(end);
         names.push((name.as_str(), entry.get("shape")));
     }
     Ok(SafetensorsInfo {
@@ -259,6 +270,7 @@ fn parse_header_json(json: &[u8], header_bytes: u64) -> Result<SafetensorsInfo, 
         dtypes,
         metadata,
         architecture: infer_architecture_with_shapes(&names),
+        data_bytes,
     })
 }
 

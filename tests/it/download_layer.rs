@@ -510,7 +510,7 @@ async fn persistent_server_errors_give_up_after_the_attempt_limit() {
 
 #[tokio::test]
 async fn a_slow_trickle_still_completes() {
-    let data: Vec<u8> = body()[..64 * 1024].to_vec();
+    let data = httpfix::safetensors_file(64 * 1024, 3);
     let fault = Fault::Trickle {
         chunk: 8 * 1024,
         pause: Duration::from_millis(5),

@@ -26,12 +26,12 @@ fn sd15_safetensors() -> Vec<u8> {
         "model.diffusion_model.input_blocks.0.0.weight":
             { "dtype": "F16", "shape": [4, 4], "data_offsets": [32, 64] },
         "first_stage_model.decoder.conv_in.weight":
-            { "dtype": "F32", "shape": [2], "data_offsets": [64, 72] },
+            { "dtype": "F32", "shape": [262144], "data_offsets": [64, 1048640] },
     })
     .to_string();
     let mut bytes = (header.len() as u64).to_le_bytes().to_vec();
     bytes.extend_from_slice(header.as_bytes());
-    bytes.extend(noise(1 << 20, 7));
+    bytes.extend(noise(64 + (1 << 20), 7));
     bytes
 }
 
@@ -953,6 +953,12 @@ model d {
     timeout "2h"
     min-speed "10KB/s"
 }
+model e {
+    url "https://example.com/e.safetensors"
+    url "https://mirror.example/e.safetensors" token-env="hf_abc123-not-a-name"
+    path "models/e.safetensors"
+    min-speed "fast"
+}
 "#,
     );
     let out = sb.run(&["validate"]);
@@ -963,6 +969,9 @@ model d {
         "spec::fractional-size",
         "`1.5` is a fraction of a byte",
         "`2.5` is a fraction of a byte",
+        "spec::malformed-speed",
+        "`fast` is not a speed",
+        "spec::malformed-token-env",
     ] {
         assert!(out.stderr.contains(said), "{said}: {}", out.stderr);
     }
