@@ -573,6 +573,15 @@ fn sigkill_during_applies_never_loses_what_plasma_created() {
     );
     let created = files_under(&sb, "out");
     assert!(!created.is_empty(), "the applies created nothing");
+    // An intent left by a kill is "never applied" to drift, not a spec change.
+    let drift: serde_json::Value =
+        serde_json::from_str(&sb.run(&["drift", "--json"]).stdout).unwrap();
+    for entry in drift["resources"].as_array().unwrap() {
+        assert!(
+            entry["status"] == "converged" || entry["status"] == "not-applied",
+            "{entry}"
+        );
+    }
 
     // The spec drops everything: --prune deletes every file plasma created
     // (whichever apply made it, killed or not) and nothing else.
