@@ -417,9 +417,11 @@ fn ctrl_c_finishes_running_work_writes_state_and_exits_130() {
     // The signal must land while apply walks the graph: after loading and
     // observing, before the last file. Try a few delays; an attempt whose
     // signal landed too early (plasma killed by the default handler) or
-    // too late (exit 0) proves nothing and is retried.
+    // too late (exit 0) proves nothing and is retried. The longer delays
+    // are for a loaded machine, where loading, printing the 3000-create
+    // plan and writing the intents take seconds.
     let mut interrupted = false;
-    for delay in [150, 300, 600, 1000, 1500, 2500] {
+    for delay in [150, 300, 600, 1000, 1500, 2500, 3500, 5000, 8000] {
         let _ = std::fs::remove_dir_all(sb.path("out"));
         let _ = std::fs::remove_dir_all(sb.path(".plasma"));
         // Output goes to files: a pipe nobody drains would stall plasma.
