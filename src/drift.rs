@@ -56,7 +56,9 @@ impl DriftReport {
                     Action::NoOp => DriftStatus::Converged,
                     Action::Forget | Action::Delete => DriftStatus::RemovedFromSpec,
                     _ => match prior {
+                        // No record, or only the intent of a killed apply.
                         None => DriftStatus::NotApplied,
+                        Some(prior) if prior.pending => DriftStatus::NotApplied,
                         Some(prior) => {
                             let desired = loaded
                                 .spec

@@ -198,10 +198,15 @@ pub(super) fn state_command(env: &Env, cmd: StateCommand) -> CommandResult {
             let state = read_state(env, &state_file)?;
             for (address, entry) in state.iter().flat_map(|s| &s.resources) {
                 println!(
-                    "{address}\t{}",
+                    "{address}\t{}{}",
                     humantime::format_rfc3339_seconds(
                         std::time::UNIX_EPOCH + Duration::from_secs(entry.applied_at)
-                    )
+                    ),
+                    if entry.pending {
+                        "\tpending (an apply was creating it when it stopped)"
+                    } else {
+                        ""
+                    }
                 );
             }
             Ok(EXIT_OK)

@@ -278,3 +278,25 @@ fn contains_null(value: &Data) -> bool {
         _ => false,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::Data;
+
+    #[test]
+    fn toml_writes_non_finite_floats_and_json_views_them_as_null() {
+        let data = Data::Map(vec![
+            ("a".to_string(), Data::Float(f64::INFINITY)),
+            ("b".to_string(), Data::Float(f64::NEG_INFINITY)),
+            ("c".to_string(), Data::Float(1.5)),
+        ]);
+        assert_eq!(
+            toml::to_string(&data).unwrap(),
+            "a = inf\nb = -inf\nc = 1.5\n"
+        );
+        assert_eq!(
+            data.to_json(),
+            serde_json::json!({"a": null, "b": null, "c": 1.5})
+        );
+    }
+}

@@ -417,9 +417,11 @@ fn ctrl_c_finishes_running_work_writes_state_and_exits_130() {
     // The signal must land while apply walks the graph: after loading and
     // observing, before the last file. Try a few delays; an attempt whose
     // signal landed too early (plasma killed by the default handler) or
-    // too late (exit 0) proves nothing and is retried.
+    // too late (exit 0) proves nothing and is retried. The longer delays
+    // are for a loaded machine, where loading, printing the 3000-create
+    // plan and writing the intents take seconds.
     let mut interrupted = false;
-    for delay in [150, 300, 600, 1000, 1500, 2500] {
+    for delay in [150, 300, 600, 1000, 1500, 2500, 3500, 5000, 8000] {
         let _ = std::fs::remove_dir_all(sb.path("out"));
         let _ = std::fs::remove_dir_all(sb.path(".plasma"));
         // Output goes to files: a pipe nobody drains would stall plasma.
@@ -573,6 +575,15 @@ fn sigkill_during_applies_never_loses_what_plasma_created() {
     );
     let created = files_under(&sb, "out");
     assert!(!created.is_empty(), "the applies created nothing");
+    // An intent left by a kill is "never applied" to drift, not a spec change.
+    let drift: serde_json::Value =
+        serde_json::from_str(&sb.run(&["drift", "--json"]).stdout).unwrap();
+    for entry in drift["resources"].as_array().unwrap() {
+        assert!(
+            entry["status"] == "converged" || entry["status"] == "not-applied",
+            "{entry}"
+        );
+    }
 
     // The spec drops everything: --prune deletes every file plasma created
     // (whichever apply made it, killed or not) and nothing else.
