@@ -274,6 +274,15 @@ impl Installer {
         if files.is_empty() {
             return Ok(log);
         }
+        // A missing file is the user's to fix, whatever the venv's state.
+        for file in files {
+            if let Err(e) = std::fs::metadata(file) {
+                return Err(PyError::BadRequirements {
+                    path: file.clone(),
+                    detail: e.to_string(),
+                });
+            }
+        }
         let scrubber = spec.scrubber();
         let work = WorkDir::new()?;
         let constraints = work.write_constraints(spec)?;
