@@ -58,6 +58,29 @@ pub enum PyError {
         pulled_by: String,
     },
 
+    #[error(
+        "the requirements cannot be installed together:\n{}\n`{command}` said:\n{output_tail}",
+        conflicts.iter().map(|c| format!("  - {c}")).collect::<Vec<_>>().join("\n")
+    )]
+    Unsatisfiable {
+        /// In the spec's terms: who (file and line, or pin) needs what,
+        /// against which pin or forbid.
+        conflicts: Vec<String>,
+        command: String,
+        /// The installer's own explanation, about the user's files.
+        output_tail: String,
+    },
+
+    #[error("no version {version} of {name} on {index} (available: {available})")]
+    NoSuchVersion {
+        name: String,
+        version: String,
+        /// The index searched, credentials redacted.
+        index: String,
+        /// The versions the index has, oldest first, or why they are unknown.
+        available: String,
+    },
+
     #[error("could not understand the installer's dry-run report: {detail}")]
     BadReport { detail: String },
 

@@ -9,11 +9,12 @@ use std::process::Command;
 
 use serde::{Deserialize, Serialize};
 
+use super::conflict::{explain_failure, explain_pin_failure};
 use super::interpreter::InterpreterSearch;
 use super::metadata::venv_python;
 use super::names::{normalize_name, redact_credentials};
 use super::process::{Scrubber, run};
-use super::requirements::{self, OverriddenRequirement};
+use super::requirements::{self, OverriddenRequirement, Requested};
 use super::{PyError, forbid};
 
 /// An index or find-links URL (or path). It may carry credentials
@@ -103,7 +104,7 @@ pub struct PackageSpec {
 }
 
 impl PackageSpec {
-    fn pinned_versions(&self) -> BTreeMap<String, String> {
+    pub(crate) fn pinned_versions(&self) -> BTreeMap<String, String> {
         self.pins
             .iter()
             .map(|p| (normalize_name(&p.name), p.version.clone()))
@@ -141,13 +142,17 @@ pub enum Installer {
 }
 
 /// What an installer run did: the commands (credentials removed), their
-/// combined output for the engine's log file, and the requirement lines the
-/// pins overrode.
+/// combined output for the engine's log file, the requirement lines the
+/// pins overrode, every requirements file read (includes too) and the
+/// packages they ask for by name.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct InstallLog {
     pub commands: Vec<String>,
     pub output: String,
     pub overridden: Vec<OverriddenRequirement>,
+    /// Every requirements file read: path -> BLAKE3 of the bytes read.
+    pub read: BTreeMap<PathBuf, String>,
+    pub requested: Vec<Requested>,
 }
 
 impl InstallLog {
@@ -161,10 +166,10 @@ impl InstallLog {
 }
 
 /// Where one installer invocation looks for packages.
-struct Sources<'a> {
-    index: Option<&'a IndexUrl>,
-    extra_indexes: Vec<&'a IndexUrl>,
-    find_links: Vec<&'a IndexUrl>,
+pub(crate) struct Sources<'a> {
+    pub(crate) index: Option<&'a IndexUrl>,
+    pub(crate) extra_indexes: Vec<&'a IndexUrl>,
+    pub(crate) find_links: Vec<&'a IndexUrl>,
 }
 
 impl Installer {
@@ -229,48 +234,63 @@ impl Installer {
                 if pins.len() > 1 { "s" } else { "" },
                 requirements.join(", ")
             );
+            let explain = |e: PyError| explain_pin_failure(e, &sources, &pins);
             self.check_forbidden(
                 venv,
                 spec,
                 &sources,
                 &constraints,
                 &requirements,
+                None,
                 &what,
                 &work,
                 &scrubber,
                 &mut log,
-            )?;
-            let mut cmd = self.install_command(venv, &sources, &constraints, &requirements);
-            let done = run(&mut cmd, &scrubber)?;
+            )
+            .map_err(explain)?;
+            let mut cmd = self.install_command(venv, &sources, &constraints, &requirements, None);
+            let done = run(&mut cmd, &scrubber).map_err(explain)?;
             log.record(done.command, &done.output);
         }
         Ok(log)
     }
 
     /// Installs requirements files with every pin as a constraint, from the
-    /// venv's index and find-links. Lines naming a pinned package directly
-    /// are left out in favour of the pin (see [`OverriddenRequirement`]);
-    /// a package that *depends* on a different version of a pinned package
-    /// fails with the installer's conflict message. The forbidden check
-    /// runs first: if it fails, nothing has been installed.
+    /// venv's index and find-links, read as pip reads them (see
+    /// [`requirements`](super::requirements)): lines that disagree with a
+    /// pin have their version replaced by the pin (reported in
+    /// [`InstallLog::overridden`]); a package that *depends* on a different
+    /// version of a pinned package fails with the installer's conflict
+    /// message, about the user's files and lines. The forbidden check is
+    /// a dry run of exactly the install (same files, options and folder)
+    /// and runs first: if it fails, nothing has been installed.
     pub fn install_requirements(
         &self,
         venv: &Path,
         spec: &PackageSpec,
         files: &[PathBuf],
     ) -> Result<InstallLog, PyError> {
-        let scrubber = spec.scrubber();
-        let work = WorkDir::new()?;
-        let constraints = work.write_constraints(spec)?;
-        let (copies, overridden) =
-            requirements::prepare(files, &spec.pinned_versions(), work.path())?;
-        let mut log = InstallLog {
-            overridden,
-            ..InstallLog::default()
-        };
+        let mut log = InstallLog::default();
         if files.is_empty() {
             return Ok(log);
         }
+        // A missing file is the user's to fix, whatever the venv's state.
+        for file in files {
+            if let Err(e) = std::fs::metadata(file) {
+                return Err(PyError::BadRequirements {
+                    path: file.clone(),
+                    detail: e.to_string(),
+                });
+            }
+        }
+        let scrubber = spec.scrubber();
+        let work = WorkDir::new()?;
+        let constraints = work.write_constraints(spec)?;
+        let env = requirements::marker_environment(&venv_python(venv))?;
+        let prepared = requirements::prepare(files, &spec.pinned_versions(), &env, work.path())?;
+        log.overridden = prepared.overridden.clone();
+        log.read = prepared.read.clone();
+        log.requested = prepared.requested.clone();
 
         let sources = Sources {
             index: spec.index.as_ref(),
@@ -278,30 +298,33 @@ impl Installer {
             find_links: spec.find_links.iter().collect(),
         };
         let mut args = Vec::new();
-        for copy in &copies {
+        for copy in &prepared.copies {
             args.push("-r".to_string());
             args.push(copy.display().to_string());
         }
+        // The folder a user runs pip from: the first file's. Every path in
+        // the copies is absolute, so the dry run and the install mean the
+        // same whatever the folder.
+        let folder = files[0].parent().filter(|p| !p.as_os_str().is_empty());
         let names: Vec<String> = files.iter().map(|f| f.display().to_string()).collect();
         let what = format!("requirements {}", names.join(", "));
+        let explain = |e: PyError| explain_failure(e, &prepared, spec);
         self.check_forbidden(
             venv,
             spec,
             &sources,
             &constraints,
             &args,
+            folder,
             &what,
             &work,
             &scrubber,
             &mut log,
-        )?;
-        let mut cmd = self.install_command(venv, &sources, &constraints, &args);
-        // Relative paths inside a requirements file mean the file's folder.
-        if let Some(folder) = files[0].parent().filter(|p| !p.as_os_str().is_empty()) {
-            cmd.current_dir(folder);
-        }
-        let done = run(&mut cmd, &scrubber)?;
-        log.record(done.command, &done.output);
+        )
+        .map_err(explain)?;
+        let mut cmd = self.install_command(venv, &sources, &constraints, &args, folder);
+        let done = run(&mut cmd, &scrubber).map_err(explain)?;
+        log.record(done.command, &prepared.translate(&done.output));
         Ok(log)
     }
 
@@ -338,9 +361,13 @@ impl Installer {
         sources: &Sources,
         constraints: &Path,
         args: &[String],
+        folder: Option<&Path>,
     ) -> Command {
         let mut cmd = self.base_command(venv, sources);
         cmd.arg("-c").arg(constraints).args(args);
+        if let Some(folder) = folder {
+            cmd.current_dir(folder);
+        }
         cmd
     }
 
@@ -401,6 +428,7 @@ impl Installer {
         sources: &Sources,
         constraints: &Path,
         args: &[String],
+        folder: Option<&Path>,
         what: &str,
         work: &WorkDir,
         scrubber: &Scrubber,
@@ -410,11 +438,12 @@ impl Installer {
             return Ok(());
         }
         let forbidden: Vec<String> = spec.forbid.iter().map(|n| normalize_name(n)).collect();
-        let mut cmd = self.install_command(venv, sources, constraints, args);
+        let mut cmd = self.install_command(venv, sources, constraints, args, folder);
         let resolution = match self {
             Installer::Pip => {
+                // Not `--quiet`: it drops pip's "The conflict is caused by" lines.
                 let report = work.path().join("report.json");
-                cmd.args(["--dry-run", "--quiet", "--report"]).arg(&report);
+                cmd.args(["--dry-run", "--report"]).arg(&report);
                 let done = run(&mut cmd, scrubber)?;
                 log.record(done.command, &done.output);
                 let text = std::fs::read_to_string(&report)
@@ -451,6 +480,9 @@ impl Installer {
                 std::fs::write(&inputs, args_as_requirements(args))
                     .map_err(|e| PyError::io("write", &inputs, e))?;
                 compile.arg(&inputs);
+                if let Some(folder) = folder {
+                    compile.current_dir(folder);
+                }
                 let done = run(&mut compile, scrubber)?;
                 log.record(done.command, &done.output);
                 forbid::from_uv_compile(&done.stdout, &would_install)

@@ -28,6 +28,8 @@
 //! # Ok(()) }
 //! ```
 
+mod check;
+mod conflict;
 mod create;
 mod error;
 mod forbid;
@@ -38,9 +40,12 @@ mod names;
 mod process;
 mod requirements;
 
+pub use check::Broken;
 pub use error::PyError;
 pub use installer::{IndexUrl, InstallLog, Installer, InstallerChoice, PackageSpec, Pin};
 pub use interpreter::{Interpreter, InterpreterSearch, PythonVersion, find_interpreter};
 pub use metadata::{ObservedVenv, VenvObservation, observe_venv, venv_python};
 pub use names::{normalize_name, redact_credentials, version_matches_pin};
-pub use requirements::{OverriddenRequirement, named_requirements};
+pub use requirements::{
+    OverriddenRequirement, Requested, absolute as absolute_path, named_requirements, unmet,
+};

@@ -12,7 +12,7 @@ use serde::Serialize;
 use serde_json::{Value, json};
 
 use super::repo::{Checkout, CheckoutObserved, Repo};
-use super::venv::Venv;
+use super::venv::{Standing, Venv};
 use super::{ApplyContext, Kind, ObserveContext, Others, Outputs, ResourceError};
 use crate::lint::{Lint, LintContext};
 use crate::plan::{Action, Diff};
@@ -57,6 +57,9 @@ pub struct CustomNodeObserved {
     /// The commit checked out now.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub head: Option<String>,
+    /// What the venv's record says this node contributed (read from the
+    /// venv's record file: a venv rebuilt or deleted by hand has lost it).
+    pub in_venv: Standing,
 }
 
 impl CustomNode {
@@ -114,6 +117,40 @@ impl CustomNode {
     }
 }
 
+impl CustomNode {
+    /// Why the node's requirements must be installed into its venv again
+    /// (worded), or `None` when the venv's record holds them as they are
+    /// now, includes too. Reads files only.
+    fn requirements_pending(&self, observed: &CustomNodeObserved) -> Option<String> {
+        observed.requirements.as_ref()?;
+        let contribution = match &observed.in_venv {
+            Standing::Missing => return Some("not installed (the venv is created first)".into()),
+            Standing::Rebuilt => return Some("not installed (the venv is rebuilt first)".into()),
+            Standing::Present(None) => return Some("not installed".into()),
+            Standing::Present(Some(c)) => c,
+        };
+        let top = crate::python::absolute_path(&self.folder().join(REQUIREMENTS));
+        if !contribution.requirements.contains_key(&top) {
+            return Some("not installed".into());
+        }
+        let changed = contribution
+            .requirements
+            .iter()
+            .any(|(path, digest)| file_digest(path).ok().flatten().as_ref() != Some(digest));
+        changed.then(|| "changed since last install".into())
+    }
+
+    /// Whether the venv's record says the install script ran at the commit checked out now.
+    fn script_ran_here(&self, observed: &CustomNodeObserved) -> bool {
+        match &observed.in_venv {
+            Standing::Present(Some(c)) => {
+                c.script_commit.is_some() && c.script_commit == observed.head
+            }
+            _ => false,
+        }
+    }
+}
+
 fn file_digest(path: &Path) -> Result<Option<String>, ResourceError> {
     match std::fs::read(path) {
         Ok(bytes) => Ok(Some(blake3::hash(&bytes).to_hex().to_string())),
@@ -165,7 +202,9 @@ impl Kind for CustomNode {
     async fn observe(&self, cx: &ObserveContext<'_>) -> Result<CustomNodeObserved, ResourceError> {
         let checkout = self.checkout.observe(cx.prior, cx.refresh).await?;
         let head = head_of(&checkout);
+        let in_venv = self.venv()?.standing_of(&cx.address.to_string())?;
         Ok(CustomNodeObserved {
+            in_venv,
             requirements: file_digest(&self.folder().join(REQUIREMENTS))?,
             installed_requirements: recorded(cx.prior, INSTALLED_REQUIREMENTS),
             has_install_script: self.folder().join(INSTALL_SCRIPT).is_file(),
@@ -197,13 +236,9 @@ impl Kind for CustomNode {
         }
         let moving = diff.action.is_change();
         let mut reasons = Vec::new();
-        if let Some(now) = &observed.requirements
-            && (moving || observed.installed_requirements.as_ref() != Some(now))
-        {
-            let old = match &observed.installed_requirements {
-                None => "not installed".to_string(),
-                Some(_) => "changed since last install".to_string(),
-            };
+        let pending = self.requirements_pending(observed);
+        if observed.requirements.is_some() && (moving || pending.is_some()) {
+            let old = pending.unwrap_or_else(|| "at the old commit".to_string());
             reasons.push(format!("{REQUIREMENTS} {old}"));
             diff = diff.attribute(
                 REQUIREMENTS,
@@ -211,17 +246,16 @@ impl Kind for CustomNode {
                 Some(format!("installed into {venv} under its pins")),
             );
         }
-        if self.install_script && observed.has_install_script {
-            let ran_here = observed.install_script_ran_at.is_some()
-                && observed.install_script_ran_at == observed.head;
-            if moving || !ran_here {
-                reasons.push(format!("{INSTALL_SCRIPT} not run at this commit"));
-                diff = diff.attribute(
-                    INSTALL_SCRIPT,
-                    None,
-                    Some(format!("run with {venv}'s Python")),
-                );
-            }
+        if self.install_script
+            && observed.has_install_script
+            && (moving || !self.script_ran_here(observed))
+        {
+            reasons.push(format!("{INSTALL_SCRIPT} not run at this commit"));
+            diff = diff.attribute(
+                INSTALL_SCRIPT,
+                None,
+                Some(format!("run with {venv}'s Python")),
+            );
         }
         if !moving && !reasons.is_empty() {
             diff.action = Action::Update;
@@ -250,12 +284,14 @@ impl Kind for CustomNode {
         let mut outputs = Outputs::new();
         let folder = self.folder().to_path_buf();
         let requirements = folder.join(REQUIREMENTS);
+        let owner = cx.address.to_string();
         if let Some(digest) = file_digest(&requirements)? {
-            if moving || observed.installed_requirements.as_deref() != Some(digest.as_str()) {
+            if moving || self.requirements_pending(observed).is_some() {
                 let venv = self.venv()?.clone();
                 let log = cx.log_file();
+                let owner = owner.clone();
                 let installed = tokio::task::spawn_blocking(move || {
-                    venv.install_requirements_blocking(&[requirements], &log)
+                    venv.install_requirements_blocking(&owner, &[requirements], &log)
                 })
                 .await
                 .map_err(|e| ResourceError::new(format!("install stopped: {e}")))??;
@@ -272,9 +308,20 @@ impl Kind for CustomNode {
         }
         if self.install_script && folder.join(INSTALL_SCRIPT).is_file() {
             let head = head_of(&self.checkout.observe(cx.prior, false).await?);
-            if moving || observed.install_script_ran_at != head {
-                let python = crate::python::venv_python(self.venv()?.path());
-                run_install_script(&python, &folder, &cx.log_file()).await?;
+            if moving || !self.script_ran_here(observed) || observed.head != head {
+                let venv = self.venv()?.clone();
+                let python = crate::python::venv_python(venv.path());
+                let log = cx.log_file();
+                let commit = head.clone();
+                let handle = tokio::runtime::Handle::current();
+                // Under the venv's install lock, with what it installs recorded as this node's.
+                tokio::task::spawn_blocking(move || {
+                    venv.run_script_blocking(&owner, commit, &log, || {
+                        handle.block_on(run_install_script(&python, &folder, &log))
+                    })
+                })
+                .await
+                .map_err(|e| ResourceError::new(format!("install script stopped: {e}")))??;
             }
             if let Some(head) = head {
                 outputs.insert(SCRIPT_RAN_AT.into(), json!(head));

@@ -27,15 +27,16 @@ use miette::SourceSpan;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use super::{ApplyContext, Kind, ObserveContext, Outputs, ResourceError};
+use super::custom_node::CustomNode;
+use super::{ApplyContext, Kind, ObserveContext, Others, Outputs, ResourceError};
 use crate::diagnostic::Problem;
 use crate::fsutil;
 use crate::lint::{self, Lint, LintContext};
 use crate::plan::{Action, Diff};
 use crate::python::{
     IndexUrl, InstallLog, Installer, InstallerChoice, InterpreterSearch, ObservedVenv, PackageSpec,
-    Pin, PyError, VenvObservation, find_interpreter, normalize_name, observe_venv,
-    version_matches_pin,
+    Pin, PyError, Requested, VenvObservation, absolute_path, find_interpreter, normalize_name,
+    observe_venv, unmet, version_matches_pin,
 };
 use crate::spec::Spanned;
 use crate::spec::reader::NodeReader;
@@ -80,6 +81,42 @@ pub struct Venv {
     pub index: Option<IndexUrl>,
     pub find_links: Vec<IndexUrl>,
     pub installer: InstallerChoice,
+    /// The venv's name (`comfyui` in `venv.comfyui`).
+    pub name: String,
+    /// Give the venv pip whichever installer made it: `seed-pip #true`, or
+    /// a custom node with an install script installs into it.
+    pub seed_pip: bool,
+}
+
+/// The installer a venv was created with, used again on every install
+/// into it (so a venv made with uv is not later handed to a pip it lacks,
+/// nor the other way round, when PATH differs, e.g. under cron).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "name", rename_all = "kebab-case")]
+pub enum RecordedInstaller {
+    Pip,
+    /// uv, at the path it was found at.
+    Uv {
+        path: PathBuf,
+    },
+}
+
+/// What one resource that installs into the venv (a custom node, keyed
+/// by its address in [`Record::contributions`]) put there.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Contribution {
+    /// Every requirements file its install read: path -> BLAKE3.
+    #[serde(default)]
+    pub requirements: BTreeMap<PathBuf, String>,
+    /// What those files ask for by name.
+    #[serde(default)]
+    pub requested: Vec<Requested>,
+    /// What its install script installed or changed: name -> version.
+    #[serde(default)]
+    pub script_installed: BTreeMap<String, String>,
+    /// The commit at which its install script last ran.
+    #[serde(default)]
+    pub script_commit: Option<String>,
 }
 
 /// What plasma last installed into a venv.
@@ -87,8 +124,23 @@ pub struct Venv {
 pub struct Record {
     /// Normalised name -> version, after plasma's last install.
     pub installed: BTreeMap<String, String>,
-    /// Requirements file path -> BLAKE3 of the content that was installed.
+    /// Every requirements file the last install read, the spec's files
+    /// and the files they include with `-r`/`-c`: path -> BLAKE3 of the
+    /// content that was installed.
     pub requirements: BTreeMap<PathBuf, String>,
+    /// What the venv's own requirements files ask for by name.
+    #[serde(default)]
+    pub requested: Vec<Requested>,
+    /// The installer the venv was created with.
+    #[serde(default)]
+    pub installer: Option<RecordedInstaller>,
+    /// What each custom node contributed, by its address.
+    #[serde(default)]
+    pub contributions: BTreeMap<String, Contribution>,
+    /// The consistency check after the last install, worded (empty: the
+    /// venv is consistent). Valid while `installed` is what is installed.
+    #[serde(default)]
+    pub broken: Vec<String>,
 }
 
 /// A requirements file as found now.
@@ -109,6 +161,10 @@ pub struct VenvObserved {
     pub requirements: Vec<RequirementsFile>,
     /// The venv's record; `None` when plasma never installed into it.
     pub record: Option<Record>,
+    /// What is broken in the venv: the record's check when the installed
+    /// set is the recorded one, else the check run again now.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub broken: Vec<String>,
 }
 
 impl VenvObserved {
@@ -163,6 +219,15 @@ impl Venv {
             Some(c) if c.value == "uv" => InstallerChoice::Uv,
             _ => InstallerChoice::Auto,
         };
+        let seed_pip = r.opt_bool("seed-pip").is_some_and(|b| b.value);
+        let name = r
+            .node
+            .entries()
+            .iter()
+            .find(|e| e.name().is_none())
+            .and_then(|e| e.value().as_string())
+            .unwrap_or_default()
+            .to_string();
 
         // A package both pinned and forbidden can never be satisfied.
         for pin in &pins {
@@ -188,6 +253,8 @@ impl Venv {
             index,
             find_links,
             installer,
+            name,
+            seed_pip,
         })
     }
 
@@ -207,25 +274,32 @@ impl Venv {
         }
     }
 
+    /// The spec's requirements files, absolute and normalised as the
+    /// record keys them.
     fn requirement_paths(&self) -> Vec<PathBuf> {
-        self.requirements.iter().map(|r| r.value.clone()).collect()
+        self.requirements
+            .iter()
+            .map(|r| absolute_path(&r.value))
+            .collect()
     }
 
     /// Installs requirements files into this venv under its pins and
-    /// forbids, for resources that build on the venv (a ComfyUI custom
-    /// node's `requirements.txt`). Blocking: call it from
-    /// `tokio::task::spawn_blocking`.
+    /// forbids for `owner`, a resource that builds on the venv (a ComfyUI
+    /// custom node's `requirements.txt`, by the node's address). Blocking:
+    /// call it from `tokio::task::spawn_blocking`.
     ///
-    /// Lines naming a pinned package are left out in favour of the pin and
+    /// Lines disagreeing with a pin take the pin's version and are
     /// reported in the returned log's `overridden`; a requirement that
     /// would pull in a forbidden package fails before anything is
     /// installed. The installers' output (credentials removed) is appended
-    /// to `log`. Afterwards the venv's record is updated with the new
-    /// installed set, so the venv does not report these packages as
-    /// installed outside plasma. The venv must exist (apply it first: make
-    /// the caller depend on it).
+    /// to `log`. Afterwards the venv's record holds the new installed set
+    /// and `owner`'s contribution (files read, packages asked for), and the
+    /// consistency check runs: a venv left broken is an error naming the
+    /// packages and who asked for them. The venv must exist (apply it
+    /// first: make the caller depend on it).
     pub fn install_requirements_blocking(
         &self,
+        owner: &str,
         files: &[PathBuf],
         log: &Path,
     ) -> Result<InstallLog, ResourceError> {
@@ -233,6 +307,71 @@ impl Venv {
         // Custom nodes of one ComfyUI apply in parallel, into one venv.
         let lock = install_lock(venv);
         let _installing = lock.lock().unwrap_or_else(|e| e.into_inner());
+        let mut record = self.existing_record()?;
+        let installer = self.installer_for(Some(&record))?;
+        let result = installer.install_requirements(venv, &self.package_spec(), files);
+        let install_log = finish_step(result, log)?;
+        let contribution = record.contributions.entry(owner.to_string()).or_default();
+        contribution.requirements = install_log.read.clone();
+        contribution.requested = install_log.requested.clone();
+        self.finish_install(&installer, record, log)?;
+        Ok(install_log)
+    }
+
+    /// Runs `script` (a custom node's install script, with this venv's
+    /// Python) for `owner` at `commit`, with pip in the venv first, and
+    /// records what it installed or changed as `owner`'s, so it is not
+    /// taken for packages installed outside plasma. Then the consistency
+    /// check, as after any install. Blocking.
+    pub fn run_script_blocking(
+        &self,
+        owner: &str,
+        commit: Option<String>,
+        log: &Path,
+        script: impl FnOnce() -> Result<(), ResourceError>,
+    ) -> Result<(), ResourceError> {
+        let venv = self.path();
+        let lock = install_lock(venv);
+        let _installing = lock.lock().unwrap_or_else(|e| e.into_inner());
+        let mut record = self.existing_record()?;
+        let installer = self.installer_for(Some(&record))?;
+        finish_step(Installer::ensure_pip(venv), log)?;
+        let before = installed_now(venv)?;
+        script()?;
+        let after = installed_now(venv)?;
+        let contribution = record.contributions.entry(owner.to_string()).or_default();
+        for (name, version) in &after {
+            if before.get(name) != Some(version) {
+                contribution
+                    .script_installed
+                    .insert(name.clone(), version.clone());
+            }
+        }
+        contribution
+            .script_installed
+            .retain(|name, _| after.contains_key(name));
+        contribution.script_commit = commit;
+        self.finish_install(&installer, record, log)
+    }
+
+    /// Where `owner`'s contribution to this venv stands, read from files
+    /// only (for a custom node's observation).
+    pub fn standing_of(&self, owner: &str) -> Result<Standing, ResourceError> {
+        let venv = match observe_venv(self.path()).map_err(py_error)? {
+            VenvObservation::Missing => return Ok(Standing::Missing),
+            VenvObservation::Present(v) => v,
+        };
+        if python_mismatch(&self.python.value, &venv).is_some() {
+            return Ok(Standing::Rebuilt);
+        }
+        Ok(Standing::Present(
+            read_record(self.path()).and_then(|mut r| r.contributions.remove(owner)),
+        ))
+    }
+
+    /// The record of a venv that must exist.
+    fn existing_record(&self) -> Result<Record, ResourceError> {
+        let venv = self.path();
         if !matches!(
             observe_venv(venv).map_err(py_error)?,
             VenvObservation::Present(_)
@@ -243,14 +382,154 @@ impl Venv {
             ))
             .help("apply the venv first (depend on it)"));
         }
-        let installer = Installer::detect(self.installer).map_err(py_error)?;
-        let result = installer.install_requirements(venv, &self.package_spec(), files);
-        let install_log = finish_step(result, log)?;
-        let mut record = read_record(venv).unwrap_or_default();
-        record.installed = installed_now(venv)?;
-        write_record(venv, &record)?;
-        Ok(install_log)
+        Ok(read_record(venv).unwrap_or_default())
     }
+
+    /// The installer for this venv: the one it was created with (when the
+    /// spec leaves it to `auto`), else the spec's choice.
+    fn installer_for(&self, record: Option<&Record>) -> Result<Installer, ResourceError> {
+        let recorded = record.and_then(|r| r.installer.as_ref());
+        match (self.installer, recorded) {
+            (InstallerChoice::Auto, Some(RecordedInstaller::Pip)) => Ok(Installer::Pip),
+            (InstallerChoice::Auto, Some(RecordedInstaller::Uv { path })) => {
+                if path.is_file() {
+                    return Ok(Installer::Uv { uv: path.clone() });
+                }
+                Installer::detect(InstallerChoice::Uv).map_err(|_| {
+                    ResourceError::new(format!(
+                        "{} was created with uv ({}), which is no longer there nor on PATH",
+                        self.path().display(),
+                        path.display()
+                    ))
+                    .help("put uv on PATH, or set `installer \"pip\"` on the venv")
+                })
+            }
+            (choice, _) => Installer::detect(choice).map_err(py_error),
+        }
+    }
+
+    /// After an install: record the installed set, run the consistency
+    /// check, record its result, and fail when the venv is broken.
+    fn finish_install(
+        &self,
+        installer: &Installer,
+        mut record: Record,
+        log: &Path,
+    ) -> Result<(), ResourceError> {
+        let venv = self.path();
+        record.installed = installed_now(venv)?;
+        let broken = installer.check(venv).map_err(py_error)?;
+        record.broken = explain_broken(&record, &broken, &self.pinned_names());
+        write_record(venv, &record)?;
+        if record.broken.is_empty() {
+            return Ok(());
+        }
+        let lines: Vec<String> = record.broken.iter().map(|b| format!("  - {b}")).collect();
+        logfile::append(
+            log,
+            &format!("broken after install:\n{}\n", lines.join("\n")),
+        );
+        Err(ResourceError::new(format!(
+            "{} is broken after the install:\n{}",
+            venv.display(),
+            lines.join("\n")
+        ))
+        .help("change the requirements (or the nodes) that ask for conflicting versions, or pin one version that satisfies them"))
+    }
+
+    fn pinned_names(&self) -> Vec<String> {
+        self.pins
+            .iter()
+            .map(|p| normalize_name(&p.pin.name))
+            .collect()
+    }
+}
+
+/// Where a contributor's packages stand in its venv.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "state", content = "contribution", rename_all = "kebab-case")]
+pub enum Standing {
+    /// The venv does not exist: it is created first, and the contribution
+    /// installed again.
+    Missing,
+    /// The venv is on another interpreter and is rebuilt first.
+    Rebuilt,
+    /// The venv's record of the contribution (`None`: not recorded).
+    Present(Option<Contribution>),
+}
+
+/// The consistency check's findings and the requirements lines not met,
+/// worded with who asked for each package.
+fn explain_broken(
+    record: &Record,
+    broken: &[crate::python::Broken],
+    pinned: &[String],
+) -> Vec<String> {
+    let mut out = Vec::new();
+    for b in broken {
+        let found = match &b.installed {
+            Some(v) => format!("{} {v} is installed", b.required),
+            None => format!("{} is not installed", b.required),
+        };
+        let mut who = Vec::new();
+        for name in [&b.dependent, &b.required] {
+            if let Some(by) = asked_for_by(record, name) {
+                who.push(format!("{name} asked for by {by}"));
+            }
+        }
+        let who = if who.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", who.join("; "))
+        };
+        out.push(format!(
+            "{} {} needs {}, but {found}{who}",
+            b.dependent, b.dependent_version, b.requirement
+        ));
+    }
+    let own = record
+        .requested
+        .iter()
+        .map(|r| ("the venv's requirements".to_string(), r));
+    let contributed = record
+        .contributions
+        .iter()
+        .flat_map(|(owner, c)| c.requested.iter().map(move |r| (owner.clone(), r)));
+    for (owner, requested) in own.chain(contributed) {
+        if pinned.contains(&requested.name) {
+            continue;
+        }
+        if let Some(found) = unmet(requested, &record.installed) {
+            let mut line = format!("{owner} asks for {requested}, but {found}");
+            if let Some(by) = asked_for_by(record, &requested.name)
+                .filter(|by| !by.starts_with(&format!("{owner}:")) || by.contains(" and "))
+            {
+                line.push_str(&format!(" ({} asked for by {by})", requested.name));
+            }
+            out.push(line);
+        }
+    }
+    out
+}
+
+/// Who asked for a package: the venv's files, a custom node's file, or a
+/// custom node's install script.
+fn asked_for_by(record: &Record, name: &str) -> Option<String> {
+    let mut by: Vec<String> = record
+        .requested
+        .iter()
+        .filter(|r| r.name == name)
+        .map(|r| format!("the venv's requirements: {r}"))
+        .collect();
+    for (owner, c) in &record.contributions {
+        for r in c.requested.iter().filter(|r| r.name == name) {
+            by.push(format!("{owner}: {r}"));
+        }
+        if c.script_installed.contains_key(name) {
+            by.push(format!("{owner}'s install script"));
+        }
+    }
+    (!by.is_empty()).then(|| by.join(" and "))
 }
 
 /// One lock per venv: installers are not safe to run twice at once on one
@@ -443,6 +722,10 @@ struct Differences {
     install_requirements: bool,
     /// Plasma has no record of this venv.
     unrecorded: bool,
+    /// What the consistency check finds broken, worded.
+    broken: Vec<String>,
+    /// The venv should have pip and has none.
+    no_pip: bool,
 }
 
 impl Differences {
@@ -452,7 +735,9 @@ impl Differences {
             && self.extra.is_empty()
             && self.moved.is_empty()
             && !self.install_requirements
-            && !self.unrecorded)
+            && !self.unrecorded
+            && self.broken.is_empty()
+            && !self.no_pip)
     }
 }
 
@@ -510,7 +795,12 @@ impl Venv {
         for file in &observed.requirements {
             let shown = file.path.display();
             let recorded = record.and_then(|r| r.requirements.get(&file.path));
+            let included = !self.requirement_paths().contains(&file.path);
             match (&file.blake3, recorded) {
+                (None, _) if included => {
+                    requirements.push(format!("{shown} (read through -r/-c) is gone"));
+                    install_requirements = true;
+                }
                 (None, _) => {
                     requirements.push(format!("{shown} does not exist yet"));
                     install_requirements = true;
@@ -534,6 +824,8 @@ impl Venv {
             requirements,
             install_requirements,
             unrecorded: record.is_none(),
+            broken: observed.broken.clone(),
+            no_pip: self.seed_pip && !installed.contains_key("pip"),
         }
     }
 
@@ -643,27 +935,24 @@ impl Venv {
         let lock = install_lock(venv);
         let _installing = lock.lock().unwrap_or_else(|e| e.into_inner());
         let spec = self.package_spec();
-        let installer = Installer::detect(self.installer).map_err(py_error)?;
+        // A new venv gets the spec's choice; an existing one its own.
+        let installer = if steps.create {
+            Installer::detect(self.installer).map_err(py_error)?
+        } else {
+            self.installer_for(read_record(venv).as_ref())?
+        };
         logfile::append(
             log,
             &format!("# plasma apply at {}\n", fsutil::now_rfc3339()),
         );
-        // Digests as they were when installed: a file edited during the
-        // install shows as changed on the next plan.
-        let mut requirement_digests = BTreeMap::new();
         if steps.install_requirements {
             for file in &self.requirements {
-                match hash_file(&file.value)? {
-                    Some(digest) => {
-                        requirement_digests.insert(file.value.clone(), digest);
-                    }
-                    None => {
-                        return Err(ResourceError::new(format!(
-                            "requirements file {} does not exist",
-                            file.value.display()
-                        ))
-                        .help("check the path, or that the resource providing it is applied first (`depends-on`)"));
-                    }
+                if !file.value.is_file() {
+                    return Err(ResourceError::new(format!(
+                        "requirements file {} does not exist",
+                        file.value.display()
+                    ))
+                    .help("check the path, or that the resource providing it is applied first (`depends-on`)"));
                 }
             }
         }
@@ -678,23 +967,27 @@ impl Venv {
                 .map_err(py_error)?;
                 finish_step(installer.create_venv(&interpreter, venv), log)?;
             }
+            if self.seed_pip {
+                finish_step(Installer::ensure_pip(venv), log)?;
+            }
             finish_step(installer.uninstall(venv, &steps.uninstall), log)?;
             if steps.install_pins {
                 let mut with_restored = spec.clone();
                 with_restored.pins.extend(steps.restore.iter().cloned());
                 finish_step(installer.install_pins(venv, &with_restored), log)?;
             }
-            let mut overridden = Vec::new();
             if steps.install_requirements {
+                // The digests are of the bytes the install read: a file
+                // edited during the install shows as changed on the next plan.
                 let done = finish_step(
                     installer.install_requirements(venv, &spec, &self.requirement_paths()),
                     log,
                 )?;
-                overridden = done.overridden;
+                return Ok(Some(done));
             }
-            Ok(overridden)
+            Ok(None)
         })();
-        let overridden = match outcome {
+        let installed_requirements = match outcome {
             Ok(o) => o,
             Err(e) => {
                 // A venv this apply made from nothing is not left half-made.
@@ -705,16 +998,20 @@ impl Venv {
             }
         };
 
-        let mut record = if steps.install_requirements {
-            Record {
-                requirements: requirement_digests,
-                ..Record::default()
-            }
-        } else {
-            read_record(venv).unwrap_or_default()
-        };
-        record.installed = installed_now(venv)?;
-        write_record(venv, &record)?;
+        let mut record = read_record(venv).unwrap_or_default();
+        let mut overridden = Vec::new();
+        if let Some(done) = installed_requirements {
+            record.requirements = done.read;
+            record.requested = done.requested;
+            overridden = done.overridden;
+        }
+        if steps.create || record.installer.is_none() {
+            record.installer = Some(match &installer {
+                Installer::Pip => RecordedInstaller::Pip,
+                Installer::Uv { uv } => RecordedInstaller::Uv { path: uv.clone() },
+            });
+        }
+        self.finish_install(&installer, record, log)?;
 
         let mut outputs = Outputs::new();
         if !overridden.is_empty() {
@@ -833,6 +1130,28 @@ impl Kind for Venv {
             diff = diff.attribute(note, None, None);
         }
         reasons.extend(d.requirements.iter().cloned());
+        if d.no_pip {
+            diff = diff.attribute(
+                "pip",
+                None,
+                Some("the interpreter's own (ensurepip)".into()),
+            );
+            reasons
+                .push("pip is not in the venv (install scripts and ComfyUI-Manager run it)".into());
+        }
+        if !d.broken.is_empty() {
+            for broken in &d.broken {
+                diff = diff.attribute(&format!("broken: {broken}"), None, None);
+            }
+            reasons.push(format!(
+                "the venv is broken ({} problem{} found by the consistency check)",
+                d.broken.len(),
+                if d.broken.len() == 1 { "" } else { "s" }
+            ));
+            diff.warnings.push(
+                "apply checks the venv again and fails while it is broken; change the requirements that conflict".into(),
+            );
+        }
         if d.unrecorded {
             reasons.push("plasma has no record of what is installed in this venv".into());
             diff.warnings.push(
@@ -882,6 +1201,16 @@ impl Kind for Venv {
         out
     }
 
+    fn resolve(&mut self, others: &Others<'_>) {
+        // A custom node with an install script runs pip in this venv.
+        let me = format!("{}.{}", Self::KIND, self.name);
+        self.seed_pip |= others
+            .resources
+            .iter()
+            .filter_map(|(_, r)| r.as_any().downcast_ref::<CustomNode>())
+            .any(|node| node.install_script && node.venv_ref.address.to_string() == me);
+    }
+
     fn lint(&self, cx: &LintContext<'_>) -> Vec<Lint> {
         let pins = self
             .pins
@@ -907,21 +1236,42 @@ impl Venv {
             VenvObservation::Present(_) => read_record(self.path()),
             VenvObservation::Missing => None,
         };
-        let requirements = self
-            .requirements
-            .iter()
-            .map(|r| {
-                Ok(RequirementsFile {
-                    path: r.value.clone(),
-                    blake3: hash_file(&r.value)?,
-                })
+        // The spec's files, then every file the last install read through them.
+        let mut paths = self.requirement_paths();
+        if let Some(record) = &record {
+            for path in record.requirements.keys() {
+                if !paths.contains(path) {
+                    paths.push(path.clone());
+                }
+            }
+        }
+        let requirements = paths
+            .into_iter()
+            .map(|path| {
+                let blake3 = hash_file(&path)?;
+                Ok(RequirementsFile { path, blake3 })
             })
             .collect::<Result<_, ResourceError>>()?;
+        let broken = match (&venv, &record) {
+            (VenvObservation::Present(v), Some(record)) if python_mismatch.is_none() => {
+                if v.packages == record.installed {
+                    record.broken.clone()
+                } else {
+                    // The installed set changed since the last check: run it again.
+                    self.installer_for(Some(record))
+                        .and_then(|i| i.check(self.path()).map_err(py_error))
+                        .map(|b| explain_broken(record, &b, &self.pinned_names()))
+                        .unwrap_or_default()
+                }
+            }
+            _ => Vec::new(),
+        };
         Ok(VenvObserved {
             venv,
             python_mismatch,
             requirements,
             record,
+            broken,
         })
     }
 }

@@ -252,3 +252,229 @@ fn two_nodes_install_into_one_venv_in_parallel_and_converge() {
     // Both nodes' packages are in the venv's record: nothing is drift.
     sb.run(&["drift"]).code(0);
 }
+
+// ------------------------------------------ every package accounted for
+
+fn uv_missing(installer: &str) -> bool {
+    let missing = installer == "uv"
+        && plasma::python::Installer::detect(plasma::python::InstallerChoice::Uv).is_err();
+    if missing {
+        eprintln!("note: uv test skipped: uv is not on PATH (scripts/test.sh installs it)");
+    }
+    missing
+}
+
+fn accounting_index() -> PyIndex {
+    let mut wheels = pyfix::standard_wheels();
+    wheels.extend([
+        pyfix::Wheel::new("numpy", "1.26.4"),
+        pyfix::Wheel::new("numpy", "2.0.0"),
+        pyfix::Wheel::new("mediapipe", "0.10.14").requires("numpy<2"),
+    ]);
+    PyIndex::serve(&wheels)
+}
+
+/// A node repository at tag v1 with these files.
+fn node_repo(sb: &Sandbox, name: &str, files: &[(&str, &str)]) -> std::path::PathBuf {
+    let repo = sb.path(&format!("up/{name}"));
+    init_repo(&repo);
+    commit_file(&repo, "__init__.py", "NODE_CLASS_MAPPINGS = {}\n", "node");
+    for (path, text) in files {
+        commit_file(&repo, path, text, path);
+    }
+    git(&repo, &["tag", "v1"]);
+    repo
+}
+
+/// ComfyUI stand-in, its venv on `installer`, and custom nodes
+/// (name, repository, install-script).
+fn nodes_spec(
+    sb: &Sandbox,
+    index: &PyIndex,
+    installer: &str,
+    nodes: &[(&str, &std::path::Path, bool)],
+) -> String {
+    let mut text = format!(
+        r#"
+repo comfyui {{
+    url "{comfy}"
+    rev "v1"
+    path "ComfyUI"
+}}
+
+venv comfyui {{
+    path "ComfyUI/venv"
+    python "{python}"
+    package torchlike "2.5.1"
+    forbid xformerslike
+    index "{index}"
+    installer "{installer}"
+    depends-on repo.comfyui
+}}
+"#,
+        comfy = sb.path("up/comfy").display(),
+        python = python_version(),
+        index = index.url(),
+    );
+    for (name, repo, script) in nodes {
+        text.push_str(&format!(
+            "\ncustom-node {name} {{\n    comfyui repo.comfyui\n    venv venv.comfyui\n    url \"{}\"\n    rev \"v1\"\n    install-script #{script}\n}}\n",
+            repo.display()
+        ));
+    }
+    text
+}
+
+/// `install.py` pip-installs a package (as ComfyUI-Impact-Pack's does):
+/// the venv has pip even when uv made it, and the package is the node's,
+/// not drift, and is not removed by the next apply.
+fn an_install_script_that_pip_installs_is_accounted_for(installer: &str) {
+    if uv_missing(installer) {
+        return;
+    }
+    let index = accounting_index();
+    let sb = Sandbox::new();
+    upstreams(&sb);
+    let script = format!(
+        "import subprocess, sys\nsubprocess.check_call([sys.executable, '-m', 'pip', 'install', '--disable-pip-version-check', '--index-url', '{}', 'visionlike==0.20.1'])\n",
+        index.url()
+    );
+    let impact = node_repo(&sb, "impact", &[("install.py", &script)]);
+    sb.spec(&nodes_spec(
+        &sb,
+        &index,
+        installer,
+        &[("impact", &impact, true)],
+    ));
+
+    let apply = sb.run(&["apply", "--yes"]);
+    apply.code(0);
+    let venv = sb.path("ComfyUI/venv");
+    assert_eq!(venv_packages(&venv)["visionlike"], "0.20.1");
+    let plan = sb.run(&["plan", "--detailed-exitcode"]);
+    assert_eq!(plan.code, 0, "{}", plan.stdout);
+    sb.run(&["drift"]).code(0);
+    let again = sb.run(&["apply", "--yes"]);
+    again.code(0);
+    assert_eq!(venv_packages(&venv)["visionlike"], "0.20.1", "not removed");
+    let record = std::fs::read_to_string(venv.join(".plasma-record.json")).unwrap();
+    let record: serde_json::Value = serde_json::from_str(&record).unwrap();
+    assert_eq!(
+        record["contributions"]["custom-node.impact"]["script_installed"]["visionlike"], "0.20.1",
+        "{record}"
+    );
+    let recorded = record["installer"]["name"].as_str().unwrap();
+    assert_eq!(recorded, installer, "{record}");
+}
+
+#[test]
+fn pip_an_install_script_that_pip_installs_is_accounted_for() {
+    an_install_script_that_pip_installs_is_accounted_for("pip");
+}
+
+#[test]
+fn uv_an_install_script_that_pip_installs_is_accounted_for() {
+    an_install_script_that_pip_installs_is_accounted_for("uv");
+}
+
+/// A venv deleted by hand: plan shows both nodes' requirements pending,
+/// and apply puts every package back.
+fn a_venv_deleted_by_hand_gets_every_nodes_packages_back(installer: &str) {
+    if uv_missing(installer) {
+        return;
+    }
+    let index = accounting_index();
+    let sb = Sandbox::new();
+    upstreams(&sb);
+    let a = node_repo(&sb, "a", &[("requirements.txt", "helper==1.0\n")]);
+    let b = node_repo(&sb, "b", &[("requirements.txt", "visionlike\n")]);
+    sb.spec(&nodes_spec(
+        &sb,
+        &index,
+        installer,
+        &[("a", &a, false), ("b", &b, false)],
+    ));
+    sb.run(&["apply", "--yes"]).code(0);
+    let venv = sb.path("ComfyUI/venv");
+    std::fs::remove_dir_all(&venv).unwrap();
+
+    let plan = sb.run(&["plan", "--detailed-exitcode"]);
+    plan.code(2);
+    for node in ["a", "b"] {
+        assert!(
+            plan.stdout
+                .contains(&format!("# custom-node.{node} will be updated")),
+            "{}",
+            plan.stdout
+        );
+    }
+    assert!(
+        plan.stdout
+            .contains("requirements.txt not installed (the venv is created first)"),
+        "{}",
+        plan.stdout
+    );
+    sb.run(&["drift"]).code(2);
+    sb.run(&["apply", "--yes"]).code(0);
+    let installed = venv_packages(&venv);
+    assert_eq!(installed["helper"], "1.0");
+    assert_eq!(installed["visionlike"], "0.20.1");
+    assert_eq!(installed["torchlike"], "2.5.1");
+    sb.run(&["plan", "--detailed-exitcode"]).code(0);
+}
+
+#[test]
+fn pip_a_venv_deleted_by_hand_gets_every_nodes_packages_back() {
+    a_venv_deleted_by_hand_gets_every_nodes_packages_back("pip");
+}
+
+#[test]
+fn uv_a_venv_deleted_by_hand_gets_every_nodes_packages_back() {
+    a_venv_deleted_by_hand_gets_every_nodes_packages_back("uv");
+}
+
+/// Two nodes that need incompatible numpy ranges: the apply fails naming
+/// the packages and the nodes, and plan and drift keep saying so.
+fn conflicting_nodes_are_an_error_naming_who_asked(installer: &str) {
+    if uv_missing(installer) {
+        return;
+    }
+    let index = accounting_index();
+    let sb = Sandbox::new();
+    upstreams(&sb);
+    let a = node_repo(&sb, "a", &[("requirements.txt", "numpy>=2\n")]);
+    let b = node_repo(&sb, "b", &[("requirements.txt", "mediapipe\n")]);
+    sb.spec(&nodes_spec(
+        &sb,
+        &index,
+        installer,
+        &[("a", &a, false), ("b", &b, false)],
+    ));
+    let apply = sb.run(&["apply", "--yes"]);
+    apply.code(1);
+    let out = format!("{}\n{}", apply.stdout, apply.stderr);
+    assert!(out.contains("is broken after the install"), "{out}");
+    assert!(out.contains("numpy"), "{out}");
+    assert!(out.contains("custom-node.a"), "{out}");
+
+    let plan = sb.run(&["plan", "--detailed-exitcode"]);
+    plan.code(2);
+    assert!(
+        plan.stdout.contains("the venv is broken"),
+        "{}",
+        plan.stdout
+    );
+    assert!(plan.stdout.contains("broken: "), "{}", plan.stdout);
+    let drift = sb.run(&["drift"]);
+    drift.code(2);
+}
+
+#[test]
+fn pip_conflicting_nodes_are_an_error_naming_who_asked() {
+    conflicting_nodes_are_an_error_naming_who_asked("pip");
+}
+
+#[test]
+fn uv_conflicting_nodes_are_an_error_naming_who_asked() {
+    conflicting_nodes_are_an_error_naming_who_asked("uv");
+}

@@ -546,7 +546,7 @@ fn a_custom_node_installs_through_the_venv_under_its_pins() {
 
     let node = sb.write("node/requirements.txt", "torchlike>=2.6\nvisionlike\n");
     let done = venv
-        .install_requirements_blocking(std::slice::from_ref(&node), &log)
+        .install_requirements_blocking("custom-node.x", std::slice::from_ref(&node), &log)
         .expect("installs");
     assert_eq!(done.overridden.len(), 1, "{done:?}");
     assert_eq!(done.overridden[0].requirement, "torchlike>=2.6");
@@ -559,7 +559,7 @@ fn a_custom_node_installs_through_the_venv_under_its_pins() {
     let bad = sb.write("bad/requirements.txt", "needs-xformers\n");
     let before = venv_packages(venv.path());
     let err = venv
-        .install_requirements_blocking(&[bad], &log)
+        .install_requirements_blocking("custom-node.x", &[bad], &log)
         .expect_err("needs a forbidden package");
     assert!(
         err.message.contains(
@@ -571,4 +571,269 @@ fn a_custom_node_installs_through_the_venv_under_its_pins() {
     assert_eq!(venv_packages(venv.path()), before);
     let log_text = std::fs::read_to_string(&log).unwrap();
     assert!(!log_text.contains(SECRET), "{log_text}");
+}
+
+// ------------------------------------- requirements files as pip reads them
+
+/// The installers to test with: pip always, uv when it is on PATH.
+fn installer_available(installer: &str) -> bool {
+    if installer == "uv" && real_uv().is_none() {
+        eprintln!("note: uv test skipped: uv is not on PATH (scripts/test.sh installs it)");
+        return false;
+    }
+    true
+}
+
+/// The fixture index plus the wheels the kohya-shaped files ask for.
+fn kohya_index() -> PyIndex {
+    let mut wheels = pyfix::standard_wheels();
+    wheels.extend([
+        pyfix::Wheel::new("py-cpuinfo", "9.0.0"),
+        pyfix::Wheel::new("accelerate", "0.33.0"),
+        pyfix::Wheel::new("diffusers", "0.32.2")
+            .requires("helper")
+            .requires("accelerate>=0.31 ; extra == \"torch\""),
+        pyfix::Wheel::new("hf-transfer", "0.1.8"),
+        pyfix::Wheel::new("huggingface-hub", "0.29.3")
+            .requires("hf-transfer>=0.1.4 ; extra == \"hf_transfer\""),
+        pyfix::Wheel::new("opencv-python", "4.10.0.84"),
+        pyfix::Wheel::new("six", "1.16.0"),
+        pyfix::Wheel::new("six", "1.17.0"),
+        pyfix::Wheel::new("alpha", "1.0"),
+        pyfix::Wheel::new("alpha", "2.0"),
+        pyfix::Wheel::new("needs-alpha", "1.0").requires("alpha>=2"),
+    ]);
+    PyIndex::serve(&wheels)
+}
+
+/// A venv with `requirements` (paths relative to the sandbox), torchlike
+/// pinned, xformerslike forbidden, and `extra` lines.
+fn reqs_spec(index: &PyIndex, installer: &str, requirements: &[&str], extra: &str) -> String {
+    let files: Vec<String> = requirements.iter().map(|r| format!("{r:?}")).collect();
+    format!(
+        r#"
+venv app {{
+    path "venv"
+    python "{python}"
+    package torchlike "2.5.1"
+    {extra}
+    requirements {files}
+    forbid xformerslike
+    index "{url}"
+    installer "{installer}"
+}}
+"#,
+        python = python_version(),
+        files = files.join(" "),
+        url = index.url_with_credentials("alice", SECRET),
+    )
+}
+
+/// kohya_ss's shape: `requirements_linux.txt` is `-r requirements.txt`
+/// plus lines, and `requirements.txt` ends with `-e ./sd-scripts`. With a
+/// forbid (so the dry run runs), as the second `requirements` entry, then
+/// `requirements.txt` edited after apply (v25.2.2 adds `py-cpuinfo`).
+fn kohya_editable_and_an_edited_include(installer: &str) {
+    if !installer_available(installer) {
+        return;
+    }
+    let index = kohya_index();
+    let sb = Sandbox::new();
+    sb.write("other/requirements.txt", "helper\n");
+    sb.write(
+        "kohya/requirements_linux.txt",
+        "torchlike==2.5.1  # the CUDA build in the real file\n-r requirements.txt\n",
+    );
+    sb.write(
+        "kohya/requirements.txt",
+        "accelerate==0.33.0\nvisionlike\n# for kohya_ss library\n-e ./sd-scripts # no_verify leave this to specify not checking this a verification stage\n",
+    );
+    pyfix::local_project(
+        &sb.path("kohya/sd-scripts"),
+        "library",
+        "0.0.0",
+        &["helper"],
+    );
+    sb.spec(&reqs_spec(
+        &index,
+        installer,
+        &["other/requirements.txt", "kohya/requirements_linux.txt"],
+        "",
+    ));
+
+    let apply = sb.run(&["apply", "--yes"]);
+    apply.code(0);
+    let venv = sb.path("venv");
+    let installed = venv_packages(&venv);
+    assert_eq!(installed["library"], "0.0.0", "{installed:?}");
+    assert_eq!(installed["accelerate"], "0.33.0");
+    assert_eq!(installed["torchlike"], "2.5.1");
+    // The editable install points at the user's sd-scripts folder.
+    let out = Command::new(venv_python(&venv))
+        .args(["-c", "import library; print(library.__file__)"])
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&out.stdout)
+            .starts_with(&sb.path("kohya/sd-scripts").display().to_string()),
+        "{out:?}"
+    );
+    sb.run(&["plan", "--detailed-exitcode"]).code(0);
+
+    // The included file is part of the fingerprint.
+    sb.write(
+        "kohya/requirements.txt",
+        "accelerate==0.33.0\nvisionlike\npy-cpuinfo==9.0.0\n-e ./sd-scripts\n",
+    );
+    let plan = sb.run(&["plan", "--detailed-exitcode"]);
+    plan.code(2);
+    let included = sb.path("kohya/requirements.txt").display().to_string();
+    assert!(
+        plan.stdout
+            .contains(&format!("{included} changed since last apply")),
+        "{}",
+        plan.stdout
+    );
+    sb.run(&["apply", "--yes"]).code(0);
+    assert_eq!(venv_packages(&venv)["py-cpuinfo"], "9.0.0");
+    let again = sb.run(&["plan", "--detailed-exitcode"]);
+    again.code(0);
+    assert_no_secret(&sb, &[&apply, &plan, &again]);
+}
+
+#[test]
+fn pip_kohya_editable_with_a_forbid_and_an_edited_include() {
+    kohya_editable_and_an_edited_include("pip");
+}
+
+#[test]
+fn uv_kohya_editable_with_a_forbid_and_an_edited_include() {
+    kohya_editable_and_an_edited_include("uv");
+}
+
+/// `diffusers[torch]==0.32.2` under a diffusers pin keeps its extra; lines
+/// that agree with a pin are not "overridden"; one that disagrees is,
+/// with the user's file and line.
+fn pins_keep_extras_and_report_only_real_overrides(installer: &str) {
+    if !installer_available(installer) {
+        return;
+    }
+    let index = kohya_index();
+    let sb = Sandbox::new();
+    sb.write(
+        "requirements.txt",
+        "diffusers[torch]==0.32.2\nopencv-python==4.10.0.84\nhuggingface_hub[hf_transfer]>=0.20\nhelper>=1.1\n",
+    );
+    sb.spec(&reqs_spec(
+        &index,
+        installer,
+        &["requirements.txt"],
+        r#"package diffusers "0.32.2"
+    package opencv-python "4.10.0.84"
+    package huggingface-hub "0.29.3"
+    package helper "1.0""#,
+    ));
+    let apply = sb.run(&["apply", "--yes"]);
+    apply.code(0);
+    let installed = venv_packages(&sb.path("venv"));
+    assert_eq!(
+        installed["accelerate"], "0.33.0",
+        "the torch extra: {installed:?}"
+    );
+    assert_eq!(installed["hf-transfer"], "0.1.8", "the hf_transfer extra");
+    assert_eq!(installed["helper"], "1.0");
+    let file = sb.path("requirements.txt").display().to_string();
+    let overrides: Vec<&str> = apply
+        .stdout
+        .lines()
+        .filter(|l| l.contains("holds over"))
+        .collect();
+    assert_eq!(
+        overrides,
+        [
+            format!("venv.app: pin helper==1.0 holds over `helper>=1.1` in {file} (line 4)")
+                .as_str()
+        ],
+        "{}",
+        apply.stdout
+    );
+    sb.run(&["plan", "--detailed-exitcode"]).code(0);
+}
+
+#[test]
+fn pip_pins_keep_extras_and_report_only_real_overrides() {
+    pins_keep_extras_and_report_only_real_overrides("pip");
+}
+
+#[test]
+fn uv_pins_keep_extras_and_report_only_real_overrides() {
+    pins_keep_extras_and_report_only_real_overrides("uv");
+}
+
+/// A dependency against a pin reads in the spec's terms, about the
+/// user's file and line; a pin the index lacks says what it has.
+fn failures_in_the_specs_terms(installer: &str) {
+    if !installer_available(installer) {
+        return;
+    }
+    let index = kohya_index();
+    let sb = Sandbox::new();
+    sb.write("requirements.txt", "helper\nneeds-alpha\n");
+    sb.spec(&reqs_spec(
+        &index,
+        installer,
+        &["requirements.txt"],
+        r#"package alpha "1.0""#,
+    ));
+    let apply = sb.run(&["apply", "--yes"]);
+    apply.code(1);
+    let out = all_output(&apply);
+    let file = sb.path("requirements.txt").display().to_string();
+    let version = if installer == "pip" {
+        "1.0"
+    } else {
+        "(every version)"
+    };
+    assert!(
+        out.contains(&format!(
+            "needs-alpha {version} (asked for by `needs-alpha` in {file} (line 2)) needs alpha>=2, against the pin alpha==1.0"
+        )),
+        "{out}"
+    );
+    assert!(
+        !out.contains("/requirements-1.txt"),
+        "no temporary copy: {out}"
+    );
+    if installer == "pip" {
+        assert!(out.contains("The conflict is caused by"), "{out}");
+    }
+
+    sb.write("requirements.txt", "helper\n");
+    sb.spec(&reqs_spec(
+        &index,
+        installer,
+        &["requirements.txt"],
+        r#"package six "99.0.0""#,
+    ));
+    let apply = sb.run(&["apply", "--yes"]);
+    apply.code(1);
+    let out = all_output(&apply);
+    assert!(
+        out.contains(&format!(
+            "no version 99.0.0 of six on http://***@127.0.0.1:{}/simple (available: 1.16.0, 1.17.0)",
+            index.port
+        )),
+        "{out}"
+    );
+    assert!(!out.contains(SECRET), "{out}");
+}
+
+#[test]
+fn pip_failures_in_the_specs_terms() {
+    failures_in_the_specs_terms("pip");
+}
+
+#[test]
+fn uv_failures_in_the_specs_terms() {
+    failures_in_the_specs_terms("uv");
 }

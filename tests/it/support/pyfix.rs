@@ -113,6 +113,7 @@ for w in wheels:
     dist = w["name"].replace("-", "_")
     info = f"{dist}-{w['version']}.dist-info"
     metadata = f"Metadata-Version: 2.1\nName: {w['name']}\nVersion: {w['version']}\n"
+    metadata += "".join(f"Provides-Extra: {x}\n" for x in sorted({m for r in w["requires"] for m in re.findall(r"extra\s*==\s*['\"]([^'\"]+)", r)}))
     metadata += "".join(f"Requires-Dist: {r}\n" for r in w["requires"])
     files = {
         f"{w['module']}/__init__.py": f"VERSION = {w['version']!r}\nFLAVOUR = {w['flavour']!r}\n",
@@ -135,6 +136,67 @@ for name, anchors in links.items():
     os.makedirs(os.path.join(root, "simple", name), exist_ok=True)
     with open(os.path.join(root, "simple", name, "index.html"), "w") as f:
         f.write("<html><body>" + "".join(anchors) + "</body></html>")
+"#;
+
+/// Writes a local Python project at `dir` (`pyproject.toml` and an in-tree
+/// PEP 517/660 build backend using only the standard library), so that
+/// `pip install -e dir` and `uv pip install -e dir` work without fetching
+/// setuptools from an index. Its module `name` (with `_`) records
+/// `FLAVOUR = "local"`.
+pub fn local_project(dir: &Path, name: &str, version: &str, requires: &[&str]) {
+    std::fs::create_dir_all(dir).unwrap();
+    let requires: Vec<String> = requires.iter().map(|r| format!("{r:?}")).collect();
+    std::fs::write(
+        dir.join("pyproject.toml"),
+        format!(
+            "[project]\nname = {name:?}\nversion = {version:?}\n\n[build-system]\nrequires = []\nbuild-backend = \"pyfix_backend\"\nbackend-path = [\".\"]\n"
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("pyfix_backend.py"),
+        format!(
+            "NAME = {name:?}\nVERSION = {version:?}\nREQUIRES = [{}]\n{LOCAL_BACKEND}",
+            requires.join(", ")
+        ),
+    )
+    .unwrap();
+    let module = dir.join(name.replace(['-', '.'], "_").to_lowercase());
+    std::fs::create_dir_all(&module).unwrap();
+    std::fs::write(
+        module.join("__init__.py"),
+        format!("VERSION = {version:?}\nFLAVOUR = 'local'\n"),
+    )
+    .unwrap();
+}
+
+const LOCAL_BACKEND: &str = r#"
+import base64, hashlib, os, zipfile
+HERE = os.path.dirname(os.path.abspath(__file__))
+DIST = NAME.replace("-", "_")
+def get_requires_for_build_wheel(config_settings=None): return []
+def get_requires_for_build_editable(config_settings=None): return []
+def get_requires_for_build_sdist(config_settings=None): return []
+def _hash(data): return "sha256=" + base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
+def _build(directory, files):
+    info = f"{DIST}-{VERSION}.dist-info"
+    files = dict(files)
+    files[f"{info}/METADATA"] = f"Metadata-Version: 2.1\nName: {NAME}\nVersion: {VERSION}\n" + "".join(f"Requires-Dist: {r}\n" for r in REQUIRES)
+    files[f"{info}/WHEEL"] = "Wheel-Version: 1.0\nGenerator: plasma-pyfix\nRoot-Is-Purelib: true\nTag: py3-none-any\n"
+    files[f"{info}/RECORD"] = "".join(f"{p},{_hash(c.encode())},{len(c.encode())}\n" for p, c in files.items()) + f"{info}/RECORD,,\n"
+    name = f"{DIST}-{VERSION}-py3-none-any.whl"
+    with zipfile.ZipFile(os.path.join(directory, name), "w") as z:
+        for p, c in files.items():
+            z.writestr(p, c)
+    return name
+def build_wheel(wheel_directory, config_settings=None, metadata_directory=None):
+    module = DIST.lower()
+    source = open(os.path.join(HERE, module, "__init__.py")).read()
+    return _build(wheel_directory, {f"{module}/__init__.py": source})
+def build_editable(wheel_directory, config_settings=None, metadata_directory=None):
+    return _build(wheel_directory, {f"__editable__.{DIST}.pth": HERE + "\n"})
+def build_sdist(sdist_directory, config_settings=None):
+    raise NotImplementedError("pyfix projects build wheels only")
 "#;
 
 /// A simple index served on 127.0.0.1 until dropped.
