@@ -5,15 +5,15 @@ mod support;
 
 mod benchmark_kind;
 mod benchmark_real;
-mod comfyui_client;
 mod cli_hints;
+mod comfyui_client;
 mod custom_node_kind;
 mod diagnostics;
 mod download_layer;
 mod engine_cli;
 mod git_layer;
-mod lora_kind;
 mod interrupts;
+mod lora_kind;
 mod model_kind;
 mod plans_and_state;
 mod platform;
