@@ -167,27 +167,19 @@ pub fn is_secret_param(name: &str) -> bool {
             .any(|prefix| name.starts_with(prefix))
 }
 
+/// User info as a URL writes it, decoded: `%40` → `@` (no `+` rule there).
+pub(crate) fn decode_userinfo(text: &str) -> String {
+    percent_encoding::percent_decode_str(text)
+        .decode_utf8_lossy()
+        .into_owned()
+}
+
+/// A query parameter's name as a form encodes it: `+` is a space, `%xx` a
+/// byte (percent-encoding's decoder).
 fn percent_decode(text: &str) -> String {
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let decoded = (bytes[i] == b'%')
-            .then(|| text.get(i + 1..i + 3))
-            .flatten()
-            .and_then(|hex| u8::from_str_radix(hex, 16).ok());
-        match decoded {
-            Some(byte) => {
-                out.push(byte);
-                i += 3;
-            }
-            None => {
-                out.push(if bytes[i] == b'+' { b' ' } else { bytes[i] });
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
+    percent_encoding::percent_decode_str(&text.replace('+', " "))
+        .decode_utf8_lossy()
+        .into_owned()
 }
 
 fn trailing_scheme(before: &str) -> &str {

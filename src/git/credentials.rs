@@ -59,7 +59,11 @@ pub(crate) fn split_credentials(url: &str) -> (String, Option<UrlCredentials>) {
         return (clean, None);
     }
     let (user, password) = userinfo.split_once(':').unwrap_or((userinfo, ""));
-    let pair = format!("{}:{}", percent_decode(user), percent_decode(password));
+    let pair = format!(
+        "{}:{}",
+        crate::redact::decode_userinfo(user),
+        crate::redact::decode_userinfo(password)
+    );
     let value = format!(
         "Authorization: Basic {}",
         base64::engine::general_purpose::STANDARD.encode(pair)
@@ -72,27 +76,6 @@ pub(crate) fn split_credentials(url: &str) -> (String, Option<UrlCredentials>) {
         value,
     };
     (clean, Some(credentials))
-}
-
-/// `%40` → `@`, as a URL's user info is written.
-fn percent_decode(text: &str) -> String {
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%'
-            && let Some(byte) = text
-                .get(i + 1..i + 3)
-                .and_then(|h| u8::from_str_radix(h, 16).ok())
-        {
-            out.push(byte);
-            i += 3;
-            continue;
-        }
-        out.push(bytes[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 #[cfg(test)]

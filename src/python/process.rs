@@ -25,7 +25,7 @@ impl Scrubber {
             let parts =
                 std::iter::once(userinfo).chain(userinfo.split_once(':').map(|(_, pass)| pass));
             for part in parts {
-                for form in [part.to_string(), percent_decode(part)] {
+                for form in [part.to_string(), crate::redact::decode_userinfo(part)] {
                     // Very short literals would scrub ordinary words; the
                     // URL-shaped redaction still covers them inside URLs.
                     if form.len() >= 4 && !literals.contains(&form) {
@@ -48,26 +48,6 @@ impl Scrubber {
         }
         out
     }
-}
-
-fn percent_decode(text: &str) -> String {
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%'
-            && let Some(byte) = text
-                .get(i + 1..i + 3)
-                .and_then(|h| u8::from_str_radix(h, 16).ok())
-        {
-            out.push(byte);
-            i += 3;
-            continue;
-        }
-        out.push(bytes[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// A finished subprocess: its (scrubbed) command line and output.

@@ -466,14 +466,7 @@ fn parse_txt2img(r: &NodeReader<'_, '_>, node: &KdlNode) -> Option<Source> {
 
 impl Benchmark {
     pub fn parse(r: &NodeReader<'_, '_>) -> Option<Self> {
-        let name = r
-            .node
-            .entries()
-            .iter()
-            .find(|e| e.name().is_none())
-            .and_then(|e| e.value().as_string())
-            .unwrap_or_default()
-            .to_string();
+        let name = r.resource_name().unwrap_or_default();
         let service = r.reference("service", Service::KIND);
         let file = r.opt_path("workflow");
         let txt2img = r.child("txt2img");

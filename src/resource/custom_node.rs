@@ -70,14 +70,7 @@ impl CustomNode {
         let install_script = r.opt_bool("install-script");
         // The folder is known only once the ComfyUI repo is resolved.
         let checkout = Checkout::parse(r, Some(PathBuf::new()));
-        let name = r
-            .node
-            .entries()
-            .iter()
-            .find(|e| e.name().is_none())
-            .and_then(|e| e.value().as_string())
-            .unwrap_or_default()
-            .to_string();
+        let name = r.resource_name().unwrap_or_default();
         let dir = match dir {
             Some(d) if d.value.is_empty() || d.value.contains('/') || d.value.starts_with('.') => {
                 r.fail(

@@ -375,14 +375,7 @@ fn parse_select(r: &NodeReader<'_, '_>) -> Option<Spanned<Selection>> {
 
 impl Lora {
     pub fn parse(r: &NodeReader<'_, '_>) -> Option<Self> {
-        let name = r
-            .node
-            .entries()
-            .iter()
-            .find(|e| e.name().is_none())
-            .and_then(|e| e.value().as_string())
-            .unwrap_or_default()
-            .to_string();
+        let name = r.resource_name().unwrap_or_default();
         let trainer = source(r, "trainer", Repo::KIND);
         let venv = source(r, "venv", Venv::KIND);
         let base_model = source(r, "base-model", Model::KIND);

@@ -125,14 +125,7 @@ impl std::fmt::Debug for Service {
 
 impl Service {
     pub fn parse(r: &NodeReader<'_, '_>) -> Option<Self> {
-        let name = r
-            .node
-            .entries()
-            .iter()
-            .find(|e| e.name().is_none())
-            .and_then(|e| e.value().as_string())
-            .unwrap_or_default()
-            .to_string();
+        let name = r.resource_name().unwrap_or_default();
         let command = r.child("command");
         let comfyui_node = r.child("comfyui");
         let launch = match (command, comfyui_node) {

@@ -220,14 +220,7 @@ impl Venv {
             _ => InstallerChoice::Auto,
         };
         let seed_pip = r.opt_bool("seed-pip").is_some_and(|b| b.value);
-        let name = r
-            .node
-            .entries()
-            .iter()
-            .find(|e| e.name().is_none())
-            .and_then(|e| e.value().as_string())
-            .unwrap_or_default()
-            .to_string();
+        let name = r.resource_name().unwrap_or_default();
 
         // A package both pinned and forbidden can never be satisfied.
         for pin in &pins {

@@ -241,7 +241,8 @@ impl<'a, 'c> NodeReader<'a, 'c> {
         child
     }
 
-    fn resource_name(&self) -> Option<String> {
+    /// The resource's name: the node's first value (`venv comfyui { … }`).
+    pub fn resource_name(&self) -> Option<String> {
         self.node
             .entries()
             .iter()

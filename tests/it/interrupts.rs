@@ -262,6 +262,16 @@ fn sigkill_of_plasmas_process_group_at_random_points_never_wedges_a_clone_or_los
     // Between v0.3.27 and main, main.py, sd-scripts (S1 -> S2) and its nested
     // submodule's checkout change: checkouts and submodule updates.
     let revs = [("main", &fx.c3), ("v0.3.27", &fx.c2)];
+    // Kill points are spread over how long one such apply takes on this
+    // machine (measured here: it is milliseconds on an idle machine and
+    // seconds on a loaded one), so most kills land inside the apply.
+    let mut longest = Duration::ZERO;
+    for (rev, _) in revs {
+        sb.spec(&repo_spec(&fx.file_url(), rev, keep));
+        let started = std::time::Instant::now();
+        sb.run(&["apply", "--yes"]).code(0);
+        longest = longest.max(started.elapsed());
+    }
     let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
     let rounds = 32;
     let mut interrupted = 0;
@@ -271,7 +281,7 @@ fn sigkill_of_plasmas_process_group_at_random_points_never_wedges_a_clone_or_los
         seed ^= seed << 13;
         seed ^= seed >> 7;
         seed ^= seed << 17;
-        let delay = Duration::from_millis(20 + seed % 600);
+        let delay = longest.mul_f64((seed % 1000) as f64 / 1000.0);
         let mut child = sb
             .command(&["apply", "--yes"])
             .process_group(0)
