@@ -45,14 +45,17 @@ impl Installer {
             }
         };
         let command = describe(&cmd, &Scrubber::default());
-        let output = non_interactive(&mut cmd)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .output()
-            .map_err(|e| PyError::SpawnFailed {
-                command: command.clone(),
-                detail: e.to_string(),
-            })?;
+        // In its own process group (crate::child), so a first Ctrl-C at the
+        // terminal does not kill the check.
+        let output = crate::child::output(
+            non_interactive(&mut cmd)
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped()),
+        )
+        .map_err(|e| PyError::SpawnFailed {
+            command: command.clone(),
+            detail: e.to_string(),
+        })?;
         let text = format!(
             "{}{}",
             String::from_utf8_lossy(&output.stdout),
@@ -75,12 +78,12 @@ impl Installer {
     /// it needs no index.
     pub fn ensure_pip(venv: &Path) -> Result<InstallLog, PyError> {
         let mut log = InstallLog::default();
-        let has_pip =
+        let has_pip = crate::child::output(
             non_interactive(Command::new(venv_python(venv)).args(["-m", "pip", "--version"]))
                 .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status()
-                .is_ok_and(|s| s.success());
+                .stderr(Stdio::null()),
+        )
+        .is_ok_and(|o| o.status.success());
         if has_pip {
             return Ok(log);
         }

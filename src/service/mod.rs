@@ -318,12 +318,13 @@ pub fn shell_words(argv: &[String]) -> String {
 /// Runs a manager's command line tool and returns its stdout; a failure
 /// quotes its stderr.
 pub async fn run_tool(program: &str, args: &[&str]) -> Result<String, ResourceError> {
-    let output = tokio::process::Command::new(program)
-        .args(args)
-        .stdin(std::process::Stdio::null())
-        .output()
-        .await
-        .map_err(|e| ResourceError::new(format!("cannot run {program}: {e}")))?;
+    let output = crate::child::output_async(
+        tokio::process::Command::new(program)
+            .args(args)
+            .stdin(std::process::Stdio::null()),
+    )
+    .await
+    .map_err(|e| ResourceError::new(format!("cannot run {program}: {e}")))?;
     if output.status.success() {
         return Ok(String::from_utf8_lossy(&output.stdout).into_owned());
     }

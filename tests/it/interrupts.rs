@@ -194,10 +194,11 @@ fn a_second_ctrl_c_terminates_the_running_git_and_the_next_apply_finishes_it() {
 fn a_first_ctrl_c_at_a_terminal_lets_a_venv_creation_finish() {
     let sb = Sandbox::new();
     sb.spec(&format!(
-        "venv app {{\n    path \"venv\"\n    python \"{}\"\n}}\n",
+        "venv app {{\n    path \"venv\"\n    python \"{}\"\n    installer \"pip\"\n}}\n",
         python_version()
     ));
-    // `python -m venv` writes pyvenv.cfg first, then spends seconds in ensurepip.
+    // `python -m venv` (the pip installer's way, also when uv is on PATH)
+    // writes pyvenv.cfg first, then spends seconds in ensurepip.
     let mark = sb.path("venv/pyvenv.cfg");
     let path = std::env::var("PATH").unwrap();
     let run = run_on_pty(&sb, &["apply", "--yes"], &path, &mark, 1);
