@@ -182,7 +182,7 @@ fn percent_decode(text: &str) -> String {
         .into_owned()
 }
 
-fn trailing_scheme(before: &str) -> &str {
+pub(crate) fn trailing_scheme(before: &str) -> &str {
     let start = before
         .char_indices()
         .rev()
@@ -191,7 +191,7 @@ fn trailing_scheme(before: &str) -> &str {
     &before[start..]
 }
 
-fn ends_authority(c: char) -> bool {
+pub(crate) fn ends_authority(c: char) -> bool {
     matches!(c, '/' | '?' | '#') || ends_url(c)
 }
 
@@ -200,7 +200,7 @@ fn ends_url(c: char) -> bool {
     matches!(c, '\'' | '"' | '`' | '<' | '>' | '\\' | '(' | ')') || c.is_whitespace()
 }
 
-fn keeps_user_name(scheme: &str) -> bool {
+pub(crate) fn keeps_user_name(scheme: &str) -> bool {
     matches!(
         scheme.to_ascii_lowercase().as_str(),
         "ssh" | "git+ssh" | "ssh+git"

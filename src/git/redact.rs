@@ -1,6 +1,7 @@
 //! Hiding credentials embedded in URLs (`https://user:token@host/...`) before any
 //! text reaches a user, a log, an error or `Debug` output.
 
+use crate::redact::{ends_authority, keeps_user_name, trailing_scheme};
 /// The program's one URL redaction rule ([`crate::redact`]), under the names
 /// this module has always used.
 pub use crate::redact::{redact_text, redact_url};
@@ -45,26 +46,6 @@ pub(crate) fn scrub(text: &str, secrets: &[String]) -> String {
         text = text.replace(secret.as_str(), "***");
     }
     redact_text(&text)
-}
-
-fn trailing_scheme(before: &str) -> &str {
-    let start = before
-        .char_indices()
-        .rev()
-        .find(|&(_, c)| !(c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.')))
-        .map_or(0, |(i, c)| i + c.len_utf8());
-    &before[start..]
-}
-
-fn ends_authority(c: char) -> bool {
-    matches!(c, '/' | '?' | '#' | '\'' | '"' | '`' | '<' | '>' | '\\') || c.is_whitespace()
-}
-
-fn keeps_user_name(scheme: &str) -> bool {
-    matches!(
-        scheme.to_ascii_lowercase().as_str(),
-        "ssh" | "git+ssh" | "ssh+git"
-    )
 }
 
 #[cfg(test)]

@@ -120,7 +120,7 @@ fn parse_check(text: &str) -> Vec<Broken> {
                 dependent: normalize_name(dependent),
                 dependent_version: String::new(),
                 requirement: requirement.to_string(),
-                required: normalize_name(leading_name(requirement)),
+                required: normalize_name(super::names::leading_name(requirement)),
                 installed,
             });
             continue;
@@ -144,7 +144,7 @@ fn parse_check(text: &str) -> Vec<Broken> {
                 out.push(Broken {
                     dependent: normalize_name(dependent),
                     dependent_version: version.to_string(),
-                    required: normalize_name(leading_name(&requirement)),
+                    required: normalize_name(super::names::leading_name(&requirement)),
                     requirement,
                     installed: Some(installed.trim_end_matches('.').to_string()),
                 });
@@ -163,7 +163,7 @@ fn parse_check(text: &str) -> Vec<Broken> {
                 out.push(Broken {
                     dependent: normalize_name(dependent),
                     dependent_version: version.to_string(),
-                    required: normalize_name(leading_name(&requirement)),
+                    required: normalize_name(super::names::leading_name(&requirement)),
                     requirement,
                     installed: None,
                 });
@@ -172,13 +172,6 @@ fn parse_check(text: &str) -> Vec<Broken> {
         }
     }
     out
-}
-
-fn leading_name(requirement: &str) -> &str {
-    let end = requirement
-        .find(|c: char| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')))
-        .unwrap_or(requirement.len());
-    &requirement[..end]
 }
 
 #[cfg(test)]

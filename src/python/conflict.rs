@@ -61,7 +61,7 @@ fn conflicts(output: &str, prepared: &Prepared, spec: &PackageSpec) -> Vec<Strin
         (!places.is_empty()).then(|| places.join(" and "))
     };
     let against = |requirement: &str| -> Option<String> {
-        let name = normalize_name(leading_name(requirement));
+        let name = normalize_name(super::names::leading_name(requirement));
         if let Some(version) = pins.get(&name) {
             Some(format!("against the pin {name}=={version}"))
         } else if forbidden.contains(&name) {
@@ -227,14 +227,6 @@ fn versions_in_page(page: &str, name: &str) -> Vec<String> {
         }
     }
     versions.into_values().collect()
-}
-
-/// `alpha` in `alpha>=2` or `alpha[x]>=2`.
-fn leading_name(requirement: &str) -> &str {
-    let end = requirement
-        .find(|c: char| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')))
-        .unwrap_or(requirement.len());
-    &requirement[..end]
 }
 
 #[cfg(test)]

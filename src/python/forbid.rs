@@ -59,7 +59,7 @@ pub(crate) fn from_pip_report(json: &str) -> Result<Vec<Resolved>, PyError> {
     for item in &report.install {
         let parent = normalize_name(&item.metadata.name);
         for requirement in &item.metadata.requires_dist {
-            let dependency = normalize_name(leading_name(requirement));
+            let dependency = normalize_name(super::names::leading_name(requirement));
             if let Some(child) = resolved.iter_mut().find(|r| r.name == dependency) {
                 child.required_by.push(parent.clone());
             }
@@ -86,7 +86,7 @@ pub(crate) fn from_uv_compile(compiled: &str, would_install: &[(String, String)]
         let Some((requirement, via)) = line.split_once("# via") else {
             continue;
         };
-        let name = normalize_name(leading_name(requirement.trim()));
+        let name = normalize_name(super::names::leading_name(requirement.trim()));
         vias.insert(
             name,
             via.split(',')
@@ -193,14 +193,6 @@ fn chain_to(resolution: &[Resolved], target: &Resolved) -> String {
         "{} (required by a package already in the venv)",
         names.join(" -> ")
     )
-}
-
-/// `xformers` in `xformers (>=0.1) ; extra == "x"` or `xformers[a]>=0.1`.
-fn leading_name(requirement: &str) -> &str {
-    let end = requirement
-        .find(|c: char| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')))
-        .unwrap_or(requirement.len());
-    &requirement[..end]
 }
 
 #[cfg(test)]

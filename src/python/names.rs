@@ -85,6 +85,15 @@ pub use crate::redact::redact_text as redact_credentials;
 
 /// The `user:password` part of a URL, if it has one (used to scrub those
 /// exact strings from installer output in any form the installer prints).
+/// The distribution name a requirement or an installer's message starts
+/// with: `alpha` in `alpha>=2`, `xformers` in `xformers[a] (>=0.1) ; …`.
+pub(crate) fn leading_name(requirement: &str) -> &str {
+    let end = requirement
+        .find(|c: char| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')))
+        .unwrap_or(requirement.len());
+    &requirement[..end]
+}
+
 pub(crate) fn url_userinfo(url: &str) -> Option<&str> {
     let after_scheme = &url[url.find("://")? + 3..];
     let authority_end = after_scheme
