@@ -293,6 +293,20 @@ mod limits {
         assert!(run.stderr.contains("spec::too-deep"), "{}", run.stderr);
     }
 
+    /// Nesting up to the limit (two levels for `file` and `yaml`, the rest
+    /// in the value) loads.
+    #[test]
+    fn nesting_up_to_the_limit_loads() {
+        for levels in [3, 62] {
+            let value = format!("{}v 1{}", "a {".repeat(levels), "}".repeat(levels));
+            let sb = Sandbox::new();
+            sb.spec(&format!(
+                "file f {{\n    path \"/tmp/f.yaml\"\n    yaml {{ {value} }}\n}}\n"
+            ));
+            sb.run(&["validate"]).code(0);
+        }
+    }
+
     #[test]
     fn a_label_past_column_65535_renders_with_its_real_column() {
         let long = "x".repeat(100_000);
