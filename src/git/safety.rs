@@ -79,6 +79,50 @@ impl Git {
             .collect())
     }
 
+    /// The ignored files in the working tree at `dir` that a checkout of
+    /// `target` would overwrite without a word: git treats ignored files as
+    /// expendable, so a file the user keeps under an ignore rule (a model in
+    /// `models/`, an edited config) is replaced when the target commit starts
+    /// tracking that path, or a path above it. Paths relative to `dir`.
+    pub fn ignored_files_target_tracks(
+        &self,
+        dir: &Path,
+        target: &str,
+    ) -> Result<Vec<String>, GitError> {
+        let ignored = self.run(
+            Some(dir),
+            &[
+                "ls-files",
+                "-z",
+                "--others",
+                "--ignored",
+                "--exclude-standard",
+            ],
+        )?;
+        let ignored = ignored.stdout_text();
+        if ignored.is_empty() {
+            return Ok(Vec::new());
+        }
+        let tracked = self.run(
+            Some(dir),
+            &["ls-tree", "-r", "-z", "--name-only", "--full-tree", target],
+        )?;
+        let tracked = tracked.stdout_text();
+        let tracked: std::collections::HashSet<&str> =
+            tracked.split('\0').filter(|p| !p.is_empty()).collect();
+        let overwritten = |path: &str| {
+            tracked.contains(path)
+                || path
+                    .match_indices('/')
+                    .any(|(at, _)| tracked.contains(&path[..at]))
+        };
+        Ok(ignored
+            .split('\0')
+            .filter(|p| !p.is_empty() && overwritten(p))
+            .map(str::to_string)
+            .collect())
+    }
+
     /// What deleting the working tree at `dir` would lose, `git status --short`
     /// style: local changes (`M train.py`, `?? notes.txt`) and ignored files
     /// (`!! outputs/`), nested submodules included. Empty when every file in it

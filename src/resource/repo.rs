@@ -130,6 +130,21 @@ pub struct CheckoutObserved {
     /// files, with what they hold: kept, never deleted.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub kept_folders: Vec<String>,
+    /// Ignored files of the user's that the target commit tracks: a checkout
+    /// would overwrite them silently ([`Git::ignored_files_target_tracks`]).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub overwritten_ignored: Vec<String>,
+}
+
+/// What moving a clone to its target would lose or leave behind.
+#[derive(Debug, Default)]
+struct MoveLosses {
+    /// Commits left on no branch (`1a2b3c4 subject`, `sub: 5d6e7f8 subject`).
+    commits: Vec<String>,
+    /// Folders of dropped submodules kept because they hold the user's files.
+    kept_folders: Vec<String>,
+    /// Ignored files the target commit tracks, which a checkout overwrites.
+    overwritten_ignored: Vec<String>,
 }
 
 /// What the last apply recorded, as observation needs it.
@@ -203,6 +218,19 @@ fn head_commit_recorded(observed: &CheckoutObserved) -> Option<String> {
         RepoObservation::Repository(tree) if observed.head_rev.is_some() => tree.head.clone(),
         _ => None,
     }
+}
+
+/// How many paths a message names; the rest are counted.
+const PATHS_SHOWN: usize = 10;
+
+/// `paths` for a message: the first [`PATHS_SHOWN`], then `(and N more)`.
+fn shown_paths(paths: &[String]) -> String {
+    let mut shown: Vec<&str> = paths.iter().take(PATHS_SHOWN).map(String::as_str).collect();
+    let more = format!("(and {} more)", paths.len().saturating_sub(PATHS_SHOWN));
+    if paths.len() > PATHS_SHOWN {
+        shown.push(&more);
+    }
+    shown.join(", ")
 }
 
 fn short(commit: &str) -> &str {
@@ -411,6 +439,7 @@ impl Checkout {
                     orphans: orphaned_temp_clones(&self.path),
                     lost_commits: Vec::new(),
                     kept_folders: Vec::new(),
+                    overwritten_ignored: Vec::new(),
                 });
             }
             RepoObservation::NotARepository { .. } => {
@@ -477,9 +506,9 @@ impl Checkout {
         } else {
             Vec::new()
         };
-        let (lost_commits, kept_folders) = match tree.interrupted() {
+        let losses = match tree.interrupted() {
             // plasma's own half-done work: nothing of the user's moves until it is finished.
-            Some(_) => (Vec::new(), Vec::new()),
+            Some(_) => MoveLosses::default(),
             None => self
                 .what_a_move_loses(git, tree, &target, recorded)
                 .map_err(git_error)?,
@@ -496,8 +525,9 @@ impl Checkout {
             reset_deletes,
             head_rev,
             orphans: orphaned_temp_clones(&self.path),
-            lost_commits,
-            kept_folders,
+            lost_commits: losses.commits,
+            kept_folders: losses.kept_folders,
+            overwritten_ignored: losses.overwritten_ignored,
         })
     }
 
@@ -541,18 +571,20 @@ impl Checkout {
     }
 
     /// Commits a move to `target` would leave on no branch (in the clone and in
-    /// each submodule a submodule update would move), and the folders of
-    /// dropped submodules that hold the user's files. Asks git only when
-    /// something moves, so a converged plan spawns nothing for it.
+    /// each submodule a submodule update would move), the folders of dropped
+    /// submodules that hold the user's files, and the ignored files the
+    /// target tracks. Asks git only when something moves, so a converged plan
+    /// spawns nothing for it.
     fn what_a_move_loses(
         &self,
         git: &Git,
         tree: &WorkTree,
         target: &Target,
         recorded: &Recorded,
-    ) -> Result<(Vec<String>, Vec<String>), GitError> {
-        let mut lost = Vec::new();
-        let mut kept = Vec::new();
+    ) -> Result<MoveLosses, GitError> {
+        let mut losses = MoveLosses::default();
+        let lost = &mut losses.commits;
+        let kept = &mut losses.kept_folders;
         let moves = tree.head.is_none() || target.commit != tree.head;
         if moves && tree.head.is_some() {
             let also: Vec<&str> = [target.commit.as_deref(), recorded.commit.as_deref()]
@@ -561,9 +593,15 @@ impl Checkout {
                 .collect();
             lost.extend(git.commits_off_branches(&self.path, &also)?);
             // A commit known only upstream (`--refresh`) is looked at after apply fetches it.
+            let local_target = match &target.commit {
+                Some(commit) if git.commit_of(&self.path, commit)?.is_some() => Some(commit),
+                _ => None,
+            };
+            if let Some(commit) = local_target {
+                losses.overwritten_ignored = git.ignored_files_target_tracks(&self.path, commit)?;
+            }
             if self.submodules
-                && let Some(commit) = &target.commit
-                && git.commit_of(&self.path, commit)?.is_some()
+                && let Some(commit) = local_target
             {
                 for sub in git.dropped_submodules(&self.path, &tree.submodules, commit)? {
                     let dir = self.path.join(&sub);
@@ -590,7 +628,7 @@ impl Checkout {
                 }
             }
         }
-        Ok((lost, kept))
+        Ok(losses)
     }
 
     /// What `rev` names on the remote (one `git ls-remote`, for `--refresh`);
@@ -794,6 +832,23 @@ impl Checkout {
                 }
             }
         }
+        if !observed.overwritten_ignored.is_empty() {
+            let files = shown_paths(&observed.overwritten_ignored);
+            match self.on_dirty {
+                OnDirty::Reset => diff.warnings.push(format!(
+                    "on-dirty \"reset\" lets the checkout replace these ignored files, which \
+                     {rev} tracks: {files}"
+                )),
+                _ => {
+                    reasons.push("ignored files would be overwritten".into());
+                    diff.warnings.push(format!(
+                        "apply refuses to move {path}: {rev} tracks these files, which git \
+                         ignores here and would overwrite without asking: {files}; move them \
+                         aside, or set on-dirty \"reset\""
+                    ));
+                }
+            }
+        }
         if !observed.kept_folders.is_empty() {
             diff.warnings.push(format!(
                 "{rev} no longer has these submodules; their folders are kept, not deleted, \
@@ -956,9 +1011,27 @@ impl Checkout {
                 commit: head_commit_recorded(observed),
                 url: None,
             };
-            let (lost, _) = self
+            let losses = self
                 .what_a_move_loses(git, &tree, &resolved, &recorded)
                 .map_err(git_error)?;
+            if !losses.overwritten_ignored.is_empty() {
+                let files = shown_paths(&losses.overwritten_ignored);
+                if self.on_dirty != OnDirty::Reset {
+                    return Err(ResourceError::new(format!(
+                        "moving {} to {rev} would overwrite files git ignores here but {rev} \
+                         tracks: {files}",
+                        path.display()
+                    ))
+                    .help(
+                        "move them aside (git would replace them without asking), then apply \
+                         again; or set on-dirty \"reset\" to let the checkout replace them",
+                    ));
+                }
+                log.line(&format!(
+                    "replacing ignored files that {rev} tracks (on-dirty \"reset\"): {files}"
+                ));
+            }
+            let lost = losses.commits;
             if !lost.is_empty() {
                 if self.on_dirty != OnDirty::Reset {
                     return Err(ResourceError::new(format!(

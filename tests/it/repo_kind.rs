@@ -509,6 +509,96 @@ fn a_commit_on_the_detached_head_or_in_a_submodule_is_never_moved_away_silently(
     assert_eq!(head(&sub), patched);
 }
 
+/// git overwrites ignored files without a word when the target commit
+/// tracks their path (or a path above them); plasma refuses unless told to
+/// reset, and says which files.
+#[test]
+fn an_ignored_file_the_target_starts_tracking_is_never_overwritten_silently() {
+    let fx = GitFixture::new();
+    git(&fx.upstream, &["checkout", "-q", "v0.3.27"]);
+    gitfix::commit_file(
+        &fx.upstream,
+        "models/anything-v5.safetensors",
+        "upstream\n",
+        "models",
+    );
+    gitfix::commit_file(
+        &fx.upstream,
+        "extra_model_paths.yaml",
+        "upstream\n",
+        "paths",
+    );
+    git(&fx.upstream, &["tag", "v0.3.29"]);
+    git(&fx.upstream, &["checkout", "-q", "main"]);
+
+    let sb = Sandbox::new();
+    sb.spec(&repo_spec(&fx.file_url(), "v0.3.27", ""));
+    sb.run(&["apply", "--yes"]).code(0);
+    let clone = sb.path("tools/kohya_ss");
+    let at_v0_3_27 = head(&clone);
+    let exclude = clone.join(git(&clone, &["rev-parse", "--git-path", "info/exclude"]));
+    fs::write(&exclude, "models/\nextra_model_paths.yaml\n").unwrap();
+    fs::create_dir_all(clone.join("models")).unwrap();
+    fs::write(clone.join("models/anything-v5.safetensors"), "mine").unwrap();
+    fs::write(clone.join("models/other.safetensors"), "mine too").unwrap();
+    fs::write(clone.join("extra_model_paths.yaml"), "my paths").unwrap();
+    // Ignored files are not local changes: the clone is converged.
+    sb.run(&["drift"]).code(0);
+
+    for on_dirty in ["", "    on-dirty \"keep\"\n"] {
+        sb.spec(&repo_spec(&fx.file_url(), "v0.3.29", on_dirty));
+        let plan = sb.run(&["plan"]);
+        assert!(
+            plan.stdout.contains("ignored files would be overwritten")
+                && plan.stdout.contains(
+                    "overwrite without asking: extra_model_paths.yaml, models/anything-v5.safetensors;"
+                ),
+            "{}",
+            plan.stdout
+        );
+        let apply = sb.run(&["apply", "--yes"]);
+        apply.code(1);
+        assert!(
+            apply
+                .stderr
+                .contains("would overwrite files git ignores here")
+                && apply.stderr.contains("models/anything-v5.safetensors"),
+            "{}",
+            apply.stderr
+        );
+        assert_eq!(head(&clone), at_v0_3_27);
+        assert_eq!(
+            sb.read("tools/kohya_ss/models/anything-v5.safetensors"),
+            "mine"
+        );
+        assert_eq!(sb.read("tools/kohya_ss/extra_model_paths.yaml"), "my paths");
+    }
+
+    sb.spec(&repo_spec(
+        &fx.file_url(),
+        "v0.3.29",
+        "    on-dirty \"reset\"\n",
+    ));
+    let plan = sb.run(&["plan"]);
+    assert!(
+        plan.stdout
+            .contains("lets the checkout replace these ignored files"),
+        "{}",
+        plan.stdout
+    );
+    sb.run(&["apply", "--yes"]).code(0);
+    assert_eq!(
+        sb.read("tools/kohya_ss/models/anything-v5.safetensors"),
+        "upstream\n"
+    );
+    assert_eq!(
+        sb.read("tools/kohya_ss/models/other.safetensors"),
+        "mine too"
+    );
+    let log = sb.read(".plasma/logs/repo.kohya.log");
+    assert!(log.contains("replacing ignored files"), "{log}");
+}
+
 #[test]
 fn a_hand_edit_under_on_dirty_keep_is_left_and_a_conflicting_move_is_refused() {
     let fx = GitFixture::new();
