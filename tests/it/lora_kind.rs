@@ -493,6 +493,60 @@ fn a_saved_state_past_the_first_epoch_or_of_other_inputs_starts_over() {
     assert_eq!(steps_in(&sb.path("out/spyke_test.safetensors")), 40);
 }
 
+/// A benchmark's txt2img takes a `lora` resource where ComfyUI finds it:
+/// its `install-to`. Without one, the plan says ComfyUI cannot load it.
+#[test]
+fn a_benchmark_lora_without_install_to_is_explained() {
+    let sb = Sandbox::new();
+    fixture(&sb, "dataset/train/spyke");
+    let lora = spec("dataset/train/spyke", "").replace(
+        "    install-to \"comfy/models/loras/spyke.safetensors\"\n",
+        "",
+    );
+    sb.spec(&format!(
+        r#"{lora}
+model base {{
+    source "models/base.safetensors"
+    path "comfy/models/checkpoints/base.safetensors"
+}}
+service comfy {{
+    command "sleep" "600"
+    manager "process"
+    health {{
+        url "http://127.0.0.1:9/system_stats"
+    }}
+}}
+benchmark styled {{
+    service service.comfy
+    txt2img {{
+        checkpoint model.base
+        lora lora.spyke strength=0.8
+    }}
+}}
+"#
+    ));
+    let plan = sb.run(&["plan"]);
+    plan.code(1);
+    let text = format!("{}{}", plan.stdout, plan.stderr);
+    assert!(
+        text.contains("lora.spyke has no `install-to`, so ComfyUI cannot load it"),
+        "{text}"
+    );
+    let bad = sb.path("plasma.kdl");
+    let fixed = std::fs::read_to_string(&bad).unwrap().replace(
+        "lora lora.spyke strength=0.8",
+        "lora repo.spyke strength=0.8",
+    );
+    std::fs::write(&bad, fixed).unwrap();
+    let plan = sb.run(&["plan"]);
+    plan.code(1);
+    let text = format!("{}{}", plan.stdout, plan.stderr);
+    assert!(
+        text.contains("`repo.spyke` is not a reference to a model"),
+        "{text}"
+    );
+}
+
 #[test]
 fn a_missing_python_module_names_the_module_and_the_venv() {
     let sb = Sandbox::new();

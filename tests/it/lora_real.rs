@@ -449,14 +449,18 @@ fn real_stack_a_killed_run_resumes_from_its_saved_state() {
         .find(|l| l.contains("plasma: resumes at step"))
         .unwrap_or_else(|| panic!("{log}"));
     println!("{resumed}");
-    assert!(log.contains("resume training from local state"), "{log}");
+    // rich wraps the trainer's log lines at 80 columns.
+    assert!(log.contains("resume training from local"), "{log}");
+
     assert!(
         log.contains("total optimization steps / 学習ステップ数: 8"),
         "{log}"
     );
     let run = &sb.state()["resources"]["lora.tiny"]["outputs"]["run"];
     let from = run["resumed_from"].as_u64().expect("the run resumed");
-    assert!((2..8).contains(&from) && from % 2 == 0, "{run}");
+    assert!((2..8).contains(&from) && from.is_multiple_of(2), "{run}");
+    // The trainer skipped the batches of the steps done (its own words).
+    assert!(log.contains(&format!("skipping {from} steps")), "{log}");
     assert_eq!(run["total_steps"], 8);
     let steps: Vec<u64> = run["checkpoints"]
         .as_array()
