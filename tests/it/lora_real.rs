@@ -355,6 +355,12 @@ benchmark with-lora {{
         "{service_log}"
     );
     assert!(service_log.contains("Prompt executed"), "{service_log}");
+    for line in service_log
+        .lines()
+        .filter(|l| l.contains("Prompt executed") || l.to_lowercase().contains("lora"))
+    {
+        println!("comfyui: {line}");
+    }
     let show = sb.run(&["show", "benchmark.with-lora"]);
     println!("{}", show.stdout);
     sb.run(&["plan", "--detailed-exitcode"]).code(0);
