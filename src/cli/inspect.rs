@@ -129,26 +129,23 @@ pub(super) async fn show(env: &Env, address: &str, json: bool, command: bool) ->
         println!("desired:");
         print_value(&view.desired, 1);
         match recorded {
-            Some(entry) => {
-                println!(
-                    "last applied: {}",
-                    humantime::format_rfc3339_seconds(
-                        std::time::UNIX_EPOCH + Duration::from_secs(entry.applied_at)
-                    )
-                );
-                // A LoRA run's record is a table and a chart, not a dump.
-                match crate::resource::lora::report(&entry.outputs) {
-                    Some(report) => print!("{report}"),
-                    None => {
-                        println!("outputs:");
-                        print_value(&serde_json::Value::Object(entry.outputs.clone()), 1);
-                    }
-                }
-            }
+            Some(entry) => println!(
+                "last applied: {}",
+                humantime::format_rfc3339_seconds(
+                    std::time::UNIX_EPOCH + Duration::from_secs(entry.applied_at)
+                )
+            ),
             None => println!("never applied"),
         }
-        if let Some(extra) = loaded.spec.resources[index].resource.show() {
-            print!("{extra}");
+        // The kind's own view (a table, a chart), else the recorded outputs.
+        let resource = &loaded.spec.resources[index].resource;
+        match (resource.show(recorded.map(|e| &e.outputs)), recorded) {
+            (Some(view), _) => print!("{view}"),
+            (None, Some(entry)) => {
+                println!("outputs:");
+                print_value(&serde_json::Value::Object(entry.outputs.clone()), 1);
+            }
+            (None, None) => {}
         }
     }
     Ok(EXIT_OK)

@@ -10,4 +10,5 @@ pub mod command;
 pub mod dataset;
 pub mod log;
 pub mod process;
+pub mod resume;
 pub mod steps;

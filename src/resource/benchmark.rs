@@ -20,6 +20,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use super::custom_node::CustomNode;
+use super::lora::Lora;
 use super::model::Model;
 use super::repo::Repo;
 use super::service::{Launch, Service};
@@ -418,7 +419,15 @@ fn parse_txt2img(r: &NodeReader<'_, '_>, node: &KdlNode) -> Option<Source> {
     let checkpoint = t.reference("checkpoint", Model::KIND);
     let vae = t.child("vae").and_then(|_| t.reference("vae", Model::KIND));
     let lora = t.child("lora").and_then(|child| {
-        let reference = t.reference("lora", Model::KIND)?;
+        // A `model` resource, or a `lora` resource's installed checkpoint.
+        let value = t.string("lora")?;
+        let kind = if value.value.starts_with("lora.") {
+            Lora::KIND
+        } else {
+            Model::KIND
+        };
+        let reference = t.parse_reference(&value, Some(kind))?;
+        t.add_reference(reference.clone());
         let strength = match t.prop(child, "strength").map(|e| e.value().clone()) {
             None => 1.0,
             Some(KdlValue::Integer(i)) => i as f64,
@@ -586,8 +595,13 @@ impl Benchmark {
                         .iter()
                         .find(|m| m.address == r.address)
                         .map(|m| comfy_name(&m.path, folder))
-                        .ok_or_else(|| {
-                            ResourceError::new(format!("{} is not a model of this spec", r.address))
+                        .ok_or_else(|| match r.address.kind.as_str() {
+                            "lora" => ResourceError::new(format!(
+                                "{} has no `install-to`, so ComfyUI cannot load it",
+                                r.address
+                            ))
+                            .help("give the lora `install-to \"{comfy}/models/loras/NAME.safetensors\"`"),
+                            _ => ResourceError::new(format!("{} is not a model of this spec", r.address)),
                         })
                 };
                 let mut settings = Txt2Img::clone(settings);
@@ -925,6 +939,18 @@ impl Kind for Benchmark {
                     declared_sha256: model.sha256.as_ref().map(|s| s.value.to_hex()),
                 });
             }
+            // A trained LoRA is a model where it is installed; its digest is
+            // the one its install put into the hash cache.
+            if let Some(install_to) = any
+                .downcast_ref::<Lora>()
+                .and_then(|l| l.install_to.as_ref())
+            {
+                around.models.push(KnownModel {
+                    address: (*address).clone(),
+                    path: install_to.value.clone(),
+                    declared_sha256: None,
+                });
+            }
             if let (Some(node), Some(repo), Some(clone)) = (
                 any.downcast_ref::<CustomNode>(),
                 &repo_address,
@@ -1146,7 +1172,7 @@ impl Kind for Benchmark {
         observed.recorded_outputs.clone()
     }
 
-    fn show(&self) -> Option<String> {
+    fn show(&self, _recorded: Option<&Outputs>) -> Option<String> {
         let history = History::load(&self.dir).ok()?;
         if history.results.is_empty() {
             return Some("history: no runs yet\n".into());

@@ -33,6 +33,7 @@ use crate::kohya::command::{self, Arg, Invocation, Launcher};
 use crate::kohya::dataset::{self, Dataset, Resolution, Subset};
 use crate::kohya::log::{self, Event, Failure, LogParser};
 use crate::kohya::process;
+use crate::kohya::resume::{self, Resume, RunFile};
 use crate::kohya::steps::{self, Length, StepPlan, SubsetCount};
 use crate::lint::{self, Lint, LintContext};
 use crate::plan::{Action, Diff};
@@ -638,6 +639,28 @@ impl Lora {
         }
     }
 
+    /// Whether a run now would resume a stopped run of the inputs with
+    /// `fingerprint` (only with `save-state`, see `kohya::resume`).
+    fn resume(&self, fingerprint: Option<&str>, steps: &StepPlan) -> Resume {
+        if !self.flag_param("save-state") {
+            return Resume::Fresh;
+        }
+        let path = RunFile::path(&self.output_dir, &self.output_name);
+        let Some(run) =
+            RunFile::load(&path).filter(|r| Some(r.fingerprint.as_str()) == fingerprint)
+        else {
+            return Resume::Fresh;
+        };
+        let state = resume::newest_state(&self.output_dir, &self.output_name, run.started_at());
+        let accumulation = steps.gradient_accumulation.max(1);
+        Resume::decide(
+            state,
+            steps.batches_per_epoch.div_ceil(accumulation),
+            steps.steps,
+            accumulation,
+        )
+    }
+
     /// The trainer's arguments, in a fixed order.
     fn train_args(&self, dataset_toml: &Path) -> Vec<Arg> {
         let mut args = vec![
@@ -667,6 +690,12 @@ impl Lora {
 
     /// The whole invocation, with the dataset TOML under `plasma_dir`.
     pub fn invocation(&self, plasma_dir: &Path) -> Invocation {
+        self.invocation_with(plasma_dir, &[])
+    }
+
+    /// The invocation with `extra` trainer arguments (`--resume …`) after
+    /// the spec's own.
+    fn invocation_with(&self, plasma_dir: &Path, extra: &[Arg]) -> Invocation {
         let launcher = match self.launcher.value {
             "python" => Launcher::Python,
             _ => Launcher::Accelerate {
@@ -678,7 +707,7 @@ impl Lora {
             &launcher,
             &self.venv_dir,
             &self.script_path(),
-            &self.train_args(&toml),
+            &[self.train_args(&toml), extra.to_vec()].concat(),
             &self.args,
             &self.env,
         )
@@ -832,6 +861,9 @@ pub struct Record {
     pub selected: CheckpointRecord,
     pub installed: Option<Installed>,
     pub chart: Option<PathBuf>,
+    /// The step the run resumed at from a saved state, when it did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resumed_from: Option<u64>,
 }
 
 impl Record {
@@ -912,6 +944,9 @@ pub struct LoraObserved {
     /// The last successful run.
     #[serde(skip)]
     pub record: Option<Record>,
+    /// Whether a run would resume a stopped one (`save-state`).
+    #[serde(skip)]
+    pub resume: Resume,
 }
 
 /// sha256 of a file through the hash cache; `None` when it is absent.
@@ -1156,6 +1191,7 @@ impl Lora {
             selected_sha256,
             installed_sha256,
             record: known.cloned(),
+            resume: Resume::Fresh,
         })
     }
 
@@ -1316,6 +1352,7 @@ impl Kind for Lora {
                 .is_empty()
                 .then(|| observed.inputs.fingerprint());
         }
+        observed.resume = self.resume(observed.fingerprint.as_deref(), &observed.steps);
         Ok(observed)
     }
 
@@ -1338,6 +1375,9 @@ impl Kind for Lora {
         let run = |reason: String| {
             let mut diff =
                 Diff::new(Action::Run, reason).attribute("steps", None, Some(steps.clone()));
+            if let Some(r) = observed.resume.describe(observed.steps.steps) {
+                diff = diff.attribute("resume", None, Some(r));
+            }
             if let Some(e) = &estimate {
                 diff = diff.attribute("estimate", None, Some(e.clone()));
             }
@@ -1486,13 +1526,43 @@ impl Kind for Lora {
         let toml = self.work_dir(&plasma_dir).join("dataset.toml");
         crate::fsutil::write_atomic(&toml, self.dataset().to_toml().as_bytes(), None)
             .map_err(|e| ResourceError::io("cannot write", &toml, e))?;
-        let invocation = self.invocation(&plasma_dir);
-        let run = self.train(&invocation, now.steps.steps, cx).await?;
+        // A stopped run of these very inputs goes on from its newest saved
+        // state where the trainer resumes correctly (kohya::resume).
+        let resume = self.resume(Some(&fingerprint), &now.steps);
+        let run_path = RunFile::path(&self.output_dir, &self.output_name);
+        let run_file = match (&resume, RunFile::load(&run_path)) {
+            (Resume::From(state), Some(old)) => RunFile {
+                losses: old
+                    .losses
+                    .into_iter()
+                    .filter(|(s, _)| *s <= state.step)
+                    .collect(),
+                ..old
+            },
+            _ => RunFile {
+                fingerprint: fingerprint.clone(),
+                started: resume::unix_seconds(SystemTime::now()),
+                losses: Vec::new(),
+            },
+        };
+        std::fs::create_dir_all(&self.output_dir)
+            .and_then(|()| run_file.save(&run_path))
+            .map_err(|e| ResourceError::io("cannot write", &run_path, e))?;
+        let invocation = self.invocation_with(&plasma_dir, &resume.args());
+        let log = crate::logfile::LogFile::open(&cx.log_file());
+        if let Some(words) = resume.describe(now.steps.steps) {
+            log.line(&format!("plasma: {words}"));
+        }
+        let run = self
+            .train(&invocation, now.steps.steps, resume.offset(), run_file, cx)
+            .await?;
+        let _ = std::fs::remove_file(&run_path);
 
         // Checkpoints written by this run.
         let found = checkpoints::discover(&self.output_dir, &self.output_name)
             .map_err(|e| ResourceError::io("cannot list", &self.output_dir, e))?;
         let since = run.started - Duration::from_secs(2);
+        let resumed_from = Some(resume.offset()).filter(|s| *s > 0);
         let mut records = Vec::new();
         let last_step = run.last_step.unwrap_or(now.steps.steps);
         for f in found.into_iter().filter(|f| f.modified >= since) {
@@ -1548,6 +1618,7 @@ impl Kind for Lora {
             selected,
             installed,
             chart,
+            resumed_from,
         };
         Ok(outputs_of(&record))
     }
@@ -1558,6 +1629,11 @@ impl Kind for Lora {
 
     fn lint(&self, cx: &LintContext<'_>) -> Vec<Lint> {
         self.lints(cx)
+    }
+
+    /// The last run's loss table (selection marked) and chart.
+    fn show(&self, recorded: Option<&Outputs>) -> Option<String> {
+        report(recorded?)
     }
 }
 
@@ -1631,13 +1707,18 @@ impl Lora {
     }
 
     /// Runs the trainer in its own process group, output to the log, a bar
-    /// with the current loss; stops it on Ctrl-C or a NaN loss.
+    /// with the current loss; stops it on Ctrl-C or a NaN loss. `offset` is
+    /// the step a resumed run goes on from (its bar counts from there);
+    /// `run_file` (its losses so far) is kept at each checkpoint save.
     async fn train(
         &self,
         invocation: &Invocation,
         planned: u64,
+        offset: u64,
+        mut run_file: RunFile,
         cx: &ApplyContext<'_>,
     ) -> Result<RunResult, ResourceError> {
+        let run_path = RunFile::path(&self.output_dir, &self.output_name);
         let log_path = cx.log_file();
         let log = crate::logfile::LogFile::open(&log_path);
         log.line(&format!("$ {}", invocation.shell_line()));
@@ -1650,7 +1731,7 @@ impl Lora {
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped());
-        let started = SystemTime::now();
+        let started = run_file.started_at();
         let clock = Instant::now();
         // In its own process group, registered so that a second Ctrl-C and
         // the next apply after a killed plasma find it.
@@ -1684,7 +1765,7 @@ impl Lora {
         );
         bar.set_prefix(cx.address.to_string());
 
-        let mut losses: Vec<(u64, f64)> = Vec::new();
+        let mut losses: Vec<(u64, f64)> = std::mem::take(&mut run_file.losses);
         let mut total = None;
         let mut last_step = None;
         let mut first_step_at: Option<(u64, Instant)> = None;
@@ -1704,6 +1785,7 @@ impl Lora {
                                 bar.set_length(n);
                             }
                             Event::Step { step, total: bar_total, loss } => {
+                                let step = offset + step;
                                 last_step = Some(step);
                                 let now = Instant::now();
                                 if first_step_at.is_none() {
@@ -1711,7 +1793,7 @@ impl Lora {
                                 }
                                 last_step_at = Some((step, now));
                                 if total.is_none() {
-                                    bar.set_length(bar_total);
+                                    bar.set_length(offset + bar_total);
                                 }
                                 bar.set_position(step);
                                 if let Some(loss) = loss {
@@ -1726,7 +1808,11 @@ impl Lora {
                                     }
                                 }
                             }
-                            Event::Saving(path) => log.line(&format!("plasma: checkpoint {path}")),
+                            Event::Saving(path) => {
+                                log.line(&format!("plasma: checkpoint {path}"));
+                                run_file.losses.clone_from(&losses);
+                                let _ = run_file.save(&run_path);
+                            }
                         }
                     }
                 }
@@ -1752,6 +1838,7 @@ impl Lora {
                 match event {
                     Event::TotalSteps(n) => total = Some(n),
                     Event::Step { step, loss, .. } => {
+                        let step = offset + step;
                         last_step = Some(step);
                         if let Some(loss) = loss {
                             match losses.last_mut() {
@@ -2005,16 +2092,20 @@ impl Lora {
 
 /// The loss table (selection marked) and the loss chart of the last run,
 /// from the resource's recorded outputs; `None` before any run.
-pub fn report(outputs: &serde_json::Map<String, Value>) -> Option<String> {
+fn report(outputs: &Outputs) -> Option<String> {
     let record: Record = serde_json::from_value(outputs.get("run")?.clone()).ok()?;
     let mut out = String::new();
     out.push_str(&format!(
-        "last run: {} steps in {}{}\n",
+        "last run: {} steps in {}{}{}\n",
         record.total_steps,
         format_duration(record.seconds),
         record
             .seconds_per_step
             .map(|s| format!(" ({s:.2} s/step)"))
+            .unwrap_or_default(),
+        record
+            .resumed_from
+            .map(|s| format!(", resumed at step {s} from a saved state"))
             .unwrap_or_default()
     ));
     out.push_str("  step      loss  sha256        file\n");

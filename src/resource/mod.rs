@@ -141,8 +141,12 @@ pub trait Kind: Send + Sync + 'static {
         Vec::new()
     }
 
-    /// More to print under `plasma show` (a benchmark's history table).
-    fn show(&self) -> Option<String> {
+    /// The kind's own view of itself under `plasma show`, printed after what
+    /// was observed and desired: a LoRA's loss table and chart, a
+    /// benchmark's history. `recorded` is what the last apply recorded
+    /// (`None` before any). `Some` takes the place of the generic dump of
+    /// the recorded outputs; `None` (the default) keeps that dump.
+    fn show(&self, _recorded: Option<&Outputs>) -> Option<String> {
         None
     }
 
@@ -206,7 +210,7 @@ pub trait Resource: Send + Sync {
     fn resolve(&mut self, others: &Others<'_>);
     fn implied_dependencies(&self) -> Vec<Address>;
     fn dependencies_changed(&self, diff: Diff, changed: &[String]) -> Diff;
-    fn show(&self) -> Option<String>;
+    fn show(&self, recorded: Option<&Outputs>) -> Option<String>;
     fn as_any(&self) -> &dyn Any;
 }
 
@@ -270,8 +274,8 @@ impl<K: Kind> Resource for K {
         Kind::dependencies_changed(self, diff, changed)
     }
 
-    fn show(&self) -> Option<String> {
-        Kind::show(self)
+    fn show(&self, recorded: Option<&Outputs>) -> Option<String> {
+        Kind::show(self, recorded)
     }
 
     fn as_any(&self) -> &dyn Any {

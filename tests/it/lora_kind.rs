@@ -2,7 +2,7 @@
 //! stand-in `accelerate` launcher (`support/kohya_standin/`, Python, not
 //! kohya's code) that honour the trainer's contract as observed on sd-scripts
 //! 3e6935a, log quirks included, in a real venv. The real trainer is driven
-//! by `real_stack_*` below when `PLASMA_REAL_STACK` names the real stack.
+//! by `lora_real` when `PLASMA_REAL_STACK` names the real stack.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -376,6 +376,177 @@ fn a_trainer_killed_with_sigkill_is_explained_leaves_no_install_and_no_orphan() 
     assert!(installed(&sb).exists());
 }
 
+/// The step numbers of a stand-in checkpoint file (`ss_steps`).
+fn steps_in(file: &Path) -> u64 {
+    let bytes = std::fs::read(file).unwrap();
+    let len = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + len]).unwrap();
+    header["__metadata__"]["ss_steps"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+/// With `save-state`, a run killed at step 15 goes on from its state at
+/// step 10 (inside the first epoch of 20 steps): the plan says so, the
+/// trainer gets `--resume DIR --skip_until_initial_step`, the step count and
+/// the final checkpoint are the whole run's, and the checkpoint saved before
+/// the kill is still one of the run's.
+#[test]
+fn a_killed_run_with_saved_state_resumes_from_its_newest_state() {
+    let sb = Sandbox::new();
+    fixture(&sb, "dataset/train/spyke");
+    sb.spec(&spec("dataset/train/spyke", "save-state"));
+    run_with(
+        &sb,
+        &["apply", "--yes"],
+        &[("STANDIN_SIGKILL_AT_STEP", "15")],
+    )
+    .code(1);
+    assert!(!installed(&sb).exists());
+    let state10 = sb.path("out/spyke_test-step00000010-state");
+    assert!(state10.join("train_state.json").exists());
+
+    let plan = sb.run(&["plan"]);
+    plan.code(0);
+    assert!(
+        plan.stdout.contains(&format!(
+            "resume: resumes at step 10 of 40 from {}",
+            state10.display()
+        )),
+        "{}",
+        plan.stdout
+    );
+    let apply = sb.run(&["apply", "--yes"]);
+    apply.code(0);
+    let log = sb.read(".plasma/logs/lora.spyke.log");
+    assert!(
+        log.contains(&format!(
+            "--resume={} --skip_until_initial_step",
+            state10.display()
+        )),
+        "{log}"
+    );
+    assert!(log.contains("resume training from local state"), "{log}");
+    let run = &sb.state()["resources"]["lora.spyke"]["outputs"]["run"];
+    assert_eq!(run["total_steps"], 40);
+    assert_eq!(run["resumed_from"], 10);
+    let steps: Vec<u64> = run["checkpoints"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["step"].as_u64().unwrap())
+        .collect();
+    assert_eq!(steps, [10, 20, 30, 40, 40]);
+    // The final file counts the whole run, and min-loss (step 20) is installed.
+    assert_eq!(steps_in(&sb.path("out/spyke_test.safetensors")), 40);
+    assert_eq!(steps_in(&installed(&sb)), 20);
+    assert!(!sb.path("out/spyke_test.plasma-run.json").exists());
+    let show = sb.run(&["show", "lora.spyke"]);
+    assert!(
+        show.stdout.contains("resumed at step 10"),
+        "{}",
+        show.stdout
+    );
+    sb.run(&["plan", "--detailed-exitcode"]).code(0);
+}
+
+/// A state past the first epoch is not resumed (sd-scripts 3e6935a would
+/// count the rest of the run from the wrong step): the plan says so and the
+/// run starts over; states of other inputs are never resumed.
+#[test]
+fn a_saved_state_past_the_first_epoch_or_of_other_inputs_starts_over() {
+    let sb = Sandbox::new();
+    fixture(&sb, "dataset/train/spyke");
+    sb.spec(&spec("dataset/train/spyke", "save-state"));
+    run_with(
+        &sb,
+        &["apply", "--yes"],
+        &[("STANDIN_SIGKILL_AT_STEP", "25")],
+    )
+    .code(1);
+    let plan = sb.run(&["plan"]);
+    assert!(
+        plan.stdout.contains(
+            "resume: starts over: the newest saved state (step 20) is past the first epoch (20 steps), where sd-scripts 3e6935a resumes with a wrong step count (it would number the rest from step 0)"
+        ),
+        "{}",
+        plan.stdout
+    );
+    // Other inputs (a caption edited): the stopped run's states are not theirs.
+    run_with(
+        &sb,
+        &["apply", "--yes"],
+        &[("STANDIN_SIGKILL_AT_STEP", "15")],
+    )
+    .code(1);
+    sb.write("dataset/train/spyke/a.txt", "spyke, 1boy, blue hair");
+    let plan = sb.run(&["plan"]);
+    assert!(!plan.stdout.contains("resume:"), "{}", plan.stdout);
+    sb.run(&["apply", "--yes"]).code(0);
+    let log = sb.read(".plasma/logs/lora.spyke.log");
+    assert_eq!(log.matches("--resume=").count(), 0, "{log}");
+    let run = &sb.state()["resources"]["lora.spyke"]["outputs"]["run"];
+    assert_eq!(run["total_steps"], 40);
+    assert!(run["resumed_from"].is_null());
+    assert_eq!(steps_in(&sb.path("out/spyke_test.safetensors")), 40);
+}
+
+/// A benchmark's txt2img takes a `lora` resource where ComfyUI finds it:
+/// its `install-to`. Without one, the plan says ComfyUI cannot load it.
+#[test]
+fn a_benchmark_lora_without_install_to_is_explained() {
+    let sb = Sandbox::new();
+    fixture(&sb, "dataset/train/spyke");
+    let lora = spec("dataset/train/spyke", "").replace(
+        "    install-to \"comfy/models/loras/spyke.safetensors\"\n",
+        "",
+    );
+    sb.spec(&format!(
+        r#"{lora}
+model base {{
+    source "models/base.safetensors"
+    path "comfy/models/checkpoints/base.safetensors"
+}}
+service comfy {{
+    command "sleep" "600"
+    manager "process"
+    health {{
+        url "http://127.0.0.1:9/system_stats"
+    }}
+}}
+benchmark styled {{
+    service service.comfy
+    txt2img {{
+        checkpoint model.base
+        lora lora.spyke strength=0.8
+    }}
+}}
+"#
+    ));
+    let plan = sb.run(&["plan"]);
+    plan.code(1);
+    let text = format!("{}{}", plan.stdout, plan.stderr);
+    assert!(
+        text.contains("lora.spyke has no `install-to`, so ComfyUI cannot load it"),
+        "{text}"
+    );
+    let bad = sb.path("plasma.kdl");
+    let fixed = std::fs::read_to_string(&bad).unwrap().replace(
+        "lora lora.spyke strength=0.8",
+        "lora repo.spyke strength=0.8",
+    );
+    std::fs::write(&bad, fixed).unwrap();
+    let plan = sb.run(&["plan"]);
+    plan.code(1);
+    let text = format!("{}{}", plan.stdout, plan.stderr);
+    assert!(
+        text.contains("`repo.spyke` is not a reference to a model"),
+        "{text}"
+    );
+}
+
 #[test]
 fn a_missing_python_module_names_the_module_and_the_venv() {
     let sb = Sandbox::new();
@@ -507,125 +678,6 @@ lora x {
         text.contains("the optimizer AdamW8bit needs bitsandbytes"),
         "{text}"
     );
-}
-
-/// The real sd-scripts (3e6935a) in the real stack's venv, on its tiny
-/// dataset, when `PLASMA_REAL_STACK` names the folder `real-stack/setup.sh`
-/// filled; skipped (with the reason printed) otherwise. About 35 s of
-/// start-up and 2–6 s a step on these machines.
-#[test]
-fn real_stack_trains_with_the_real_sd_scripts_and_installs_the_selection() {
-    let Some(rs) = std::env::var_os("PLASMA_REAL_STACK").map(PathBuf::from) else {
-        println!("skipped: PLASMA_REAL_STACK is not set (the real trainer is not on this machine)");
-        return;
-    };
-    let needed = [
-        "sd-scripts/train_network.py",
-        "kohya-venv/bin/accelerate",
-        "kohya-cache",
-        "test-sd15.safetensors",
-        "train/dataset/img/10_spyke",
-    ];
-    if let Some(missing) = needed.iter().find(|p| !rs.join(p).exists()) {
-        println!(
-            "skipped: {} is missing from the real stack",
-            rs.join(missing).display()
-        );
-        return;
-    }
-    let sb = Sandbox::new();
-    sb.write(
-        "accelerate.yaml",
-        "compute_environment: LOCAL_MACHINE\ndistributed_type: 'NO'\nmixed_precision: 'no'\nnum_machines: 1\nnum_processes: 1\nuse_cpu: true\n",
-    );
-    let rs = rs.display();
-    sb.spec(&format!(
-        r#"
-lora tiny {{
-    trainer "{rs}/sd-scripts"
-    venv "{rs}/kohya-venv"
-    base-model "{rs}/test-sd15.safetensors"
-    accelerate-config "accelerate.yaml"
-    dataset {{
-        resolution 64
-        batch-size 1
-        subset {{
-            image-dir "{rs}/train/dataset/img/10_spyke"
-            repeats 10
-            caption-extension ".txt"
-            keep-tokens 1
-            class-tokens spyke
-        }}
-        subset {{
-            image-dir "{rs}/train/dataset/reg/1_person"
-            repeats 1
-            caption-extension ".txt"
-            class-tokens person
-            is-reg #true
-        }}
-    }}
-    network-dim 4
-    network-alpha 2
-    optimizer AdamW
-    learning-rate 1e-4
-    max-steps 6
-    save-every-n-steps 2
-    mixed-precision no
-    save-precision float
-    seed 42
-    tokenizer-cache "{rs}/kohya-cache"
-    env {{
-        HF_HUB_OFFLINE "1"
-    }}
-    output "out" name=tiny
-    select min-loss
-    install-to "comfy/models/loras/tiny.safetensors"
-    allow dataset-prefix-ignored
-}}
-"#
-    ));
-    let started = std::time::Instant::now();
-    let plan = sb.run(&["plan"]);
-    plan.code(0);
-    println!(
-        "plan ({:.1} s):\n{}",
-        started.elapsed().as_secs_f64(),
-        plan.stdout
-    );
-    assert!(
-        plan.stdout
-            .contains("reg 3 images balanced to 40; 80 batches per epoch; max-steps 6 = 6 steps"),
-        "{}",
-        plan.stdout
-    );
-
-    let started = std::time::Instant::now();
-    let apply = sb.run(&["apply", "--yes"]);
-    let seconds = started.elapsed().as_secs_f64();
-    println!("apply ({seconds:.1} s): {}{}", apply.stdout, apply.stderr);
-    apply.code(0);
-    let log = sb.read(".plasma/logs/lora.tiny.log");
-    // The trainer's own numbers equal the plan's.
-    assert!(
-        log.contains("num batches per epoch / 1epochのバッチ数: 80"),
-        "{log}"
-    );
-    assert!(
-        log.contains("total optimization steps / 学習ステップ数: 6"),
-        "{log}"
-    );
-    let state = sb.state();
-    let run = &state["resources"]["lora.tiny"]["outputs"]["run"];
-    println!("recorded: {}", serde_json::to_string_pretty(run).unwrap());
-    assert_eq!(run["total_steps"], 6);
-    let selected = PathBuf::from(run["selected"]["file"].as_str().unwrap());
-    assert_eq!(
-        std::fs::read(sb.path("comfy/models/loras/tiny.safetensors")).unwrap(),
-        std::fs::read(&selected).unwrap()
-    );
-    let show = sb.run(&["show", "lora.tiny"]);
-    println!("{}", show.stdout);
-    sb.run(&["plan", "--detailed-exitcode"]).code(0);
 }
 
 /// The root spec's Spyke LoRA plans the user's real run on a machine without

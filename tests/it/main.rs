@@ -14,6 +14,7 @@ mod engine_cli;
 mod git_layer;
 mod interrupts;
 mod lora_kind;
+mod lora_real;
 mod model_kind;
 mod plans_and_state;
 mod platform;

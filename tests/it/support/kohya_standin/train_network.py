@@ -12,6 +12,16 @@ without `avr_loss`), `model saved.` glued to the last bar. It imports
 a tokenizer cache when HF_HUB_OFFLINE=1, and fails fp16 on the CPU on the
 first step as accelerate 0.33 does.
 
+Saved state and resume as 3e6935a does them (contract §5, train_network.py):
+`--save_state` writes `{name}-step{N:08d}-state/` at each step save (and
+`{name}-state/` at the end) with `train_state.json` = `{"current_epoch": E,
+"current_step": S}` first and `random_states_0.pkl` last; `--resume DIR`
+reads S (an `--initial_step`/`--initial_epoch` overrides it) and asserts
+`max_train_steps > S`. Without `--skip_until_initial_step` the step count
+restarts at 0 from epoch S // batches; with it, S batches are skipped and the
+step count goes on from what is left of S after whole epochs (right only in
+the first epoch). The bar's total is `max_train_steps` minus that count.
+
 Test knobs (environment): STANDIN_STEP_SECONDS (default 0.01),
 STANDIN_LOSS_MIN_AT (the step with the lowest loss; default half the run),
 STANDIN_SIGKILL_AT_STEP (kill itself with SIGKILL there, as the kernel's OOM
@@ -54,7 +64,7 @@ def parse():
     for name in [
         "save_every_n_steps", "save_every_n_epochs", "max_train_epochs", "network_dim",
         "clip_skip", "seed", "max_data_loader_n_workers", "gradient_accumulation_steps",
-        "lr_warmup_steps",
+        "lr_warmup_steps", "initial_step", "initial_epoch",
     ]:
         p.add_argument("--" + name, type=int, default=None)
     p.add_argument("--max_train_steps", type=int, default=1600)
@@ -62,7 +72,7 @@ def parse():
         p.add_argument("--" + name, type=float, default=None)
     for name in [
         "no_half_vae", "gradient_checkpointing", "cache_latents", "save_state",
-        "network_train_unet_only",
+        "network_train_unet_only", "skip_until_initial_step", "save_state_on_train_end",
     ]:
         p.add_argument("--" + name, action="store_true")
     return p.parse_args()
@@ -129,6 +139,15 @@ def write_model(path, step):
         f.write(len(header).to_bytes(8, "little") + header + step.to_bytes(8, "little"))
 
 
+def save_state(directory, epoch, step):
+    os.makedirs(directory, exist_ok=True)
+    with open(os.path.join(directory, "train_state.json"), "w") as f:
+        json.dump({"current_epoch": epoch, "current_step": step}, f)
+    for name in ["model.safetensors", "optimizer.bin", "scheduler.bin", "random_states_0.pkl"]:
+        with open(os.path.join(directory, name), "w") as f:
+            f.write(f"state at step {step}")
+
+
 def main():
     args = parse()
     log("prepare tokenizer")
@@ -165,19 +184,63 @@ def main():
     print(f"  gradient accumulation steps / 勾配を合計するステップ数 = {args.gradient_accumulation_steps or 1}")
     print(f"  total optimization steps / 学習ステップ数: {steps}", flush=True)
 
+    steps_from_state = None
+    if args.resume:
+        log(f"resume training from local state: {args.resume}")
+        if not os.path.exists(os.path.join(args.resume, "random_states_0.pkl")):
+            raise FileNotFoundError(os.path.join(args.resume, "random_states_0.pkl"))
+        with open(os.path.join(args.resume, "train_state.json")) as f:
+            data = json.load(f)
+        steps_from_state = data["current_step"]
+        log(f"load train state from {args.resume}/train_state.json: {data}")
+    accumulation = args.gradient_accumulation_steps or 1
+    steps_per_epoch = math.ceil(batches / accumulation)
+    initial_step = 0
+    if args.initial_epoch is not None or args.initial_step is not None:
+        if args.initial_step is not None:
+            initial_step = args.initial_step
+        else:
+            initial_step = (args.initial_epoch - 1) * steps_per_epoch
+    elif steps_from_state is not None:
+        initial_step = steps_from_state
+    if initial_step > 0:
+        assert steps > initial_step, (
+            f"max_train_steps should be greater than initial step / max_train_stepsは初期ステップより大きい必要があります: {steps} vs {initial_step}"
+        )
+    epoch_to_start = 0
+    if initial_step > 0:
+        if args.skip_until_initial_step:
+            log(f"skipping {initial_step} steps / {initial_step}ステップをスキップします")
+            initial_step *= accumulation
+            epoch_to_start = initial_step // steps_per_epoch
+        else:
+            epoch_to_start = initial_step // steps_per_epoch
+            initial_step = 0
+    global_step = 0
+    if initial_step > 0:
+        for _ in range(epoch_to_start):
+            initial_step -= batches
+        global_step = initial_step
+    bar_total = steps - initial_step
+
     delay = float(os.environ.get("STANDIN_STEP_SECONDS", "0.01"))
     min_at = int(os.environ.get("STANDIN_LOSS_MIN_AT", str(max(steps // 2, 1))))
     kill_at = int(os.environ.get("STANDIN_SIGKILL_AT_STEP", "0"))
     nan_at = int(os.environ.get("STANDIN_NAN_AT_STEP", "0"))
     name = args.output_name or "last"
     start = time.time()
-    step = 0
-    for epoch in range(epochs):
+    step = global_step
+    done = 0
+    for epoch in range(epoch_to_start, epochs):
         print(f"\nepoch {epoch + 1}/{epochs}\n", flush=True)
         for _ in range(batches):
             if step >= steps:
                 break
+            if initial_step > 0:
+                initial_step -= 1
+                continue
             step += 1
+            done += 1
             time.sleep(delay)
             if args.mixed_precision == "fp16":
                 raise RuntimeError("expected m1 and m2 to have the same dtype, but got: c10::Half != float")
@@ -187,8 +250,8 @@ def main():
             if nan_at and step >= nan_at:
                 loss = float("nan")
             elapsed = time.time() - start
-            pct = int(100 * step / steps)
-            bar = f"steps: {pct:3d}%|#| {step}/{steps} [{elapsed:05.2f}<00:00, {delay:.2f}s/it"
+            pct = int(100 * done / bar_total)
+            bar = f"steps: {pct:3d}%|#| {done}/{bar_total} [{elapsed:05.2f}<00:00, {delay:.2f}s/it"
             sys.stderr.write("\r" + bar + "]")
             sys.stderr.write("\r" + bar + f", avr_loss={loss:.3g}]")
             sys.stderr.flush()
@@ -196,6 +259,10 @@ def main():
                 path = os.path.join(args.output_dir, f"{name}-step{step:08d}.safetensors")
                 print(f"\nsaving checkpoint: {path}", flush=True)
                 write_model(path, step)
+                if args.save_state:
+                    save_state(os.path.join(args.output_dir, f"{name}-step{step:08d}-state"), epoch + 1, step)
+    if args.save_state or args.save_state_on_train_end:
+        save_state(os.path.join(args.output_dir, f"{name}-state"), epochs, step)
     path = os.path.join(args.output_dir, f"{name}.safetensors")
     print(f"\nsaving checkpoint: {path}", flush=True)
     write_model(path, step)
