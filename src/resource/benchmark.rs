@@ -838,6 +838,16 @@ fn say(cx: &ApplyContext<'_>, text: String) {
     }
 }
 
+/// What state records of a run, passed or failed: the inputs it ran with,
+/// their digest and the result.
+fn recorded(inputs: &Inputs, fingerprint: &str, result: &Result_) -> Outputs {
+    let mut outputs = Outputs::new();
+    outputs.insert("inputs".into(), json!(inputs));
+    outputs.insert("fingerprint".into(), json!(fingerprint));
+    outputs.insert("result".into(), json!(result));
+    outputs
+}
+
 fn recorded_inputs(prior: Option<&ResourceState>) -> Option<Inputs> {
     serde_json::from_value(prior?.outputs.get("inputs")?.clone()).ok()
 }
@@ -1036,9 +1046,11 @@ impl Kind for Benchmark {
                 stats.device_type, stats.device_name
             );
             result.failure = Some(format!("wrong device: {why}"));
-            history.results.push(result);
+            history.results.push(result.clone());
             history.save(&self.dir)?;
-            return Err(ResourceError::new(format!("wrong device: {why}")).help(match expected {
+            return Err(ResourceError::new(format!("wrong device: {why}"))
+                .record(recorded(&inputs, &fingerprint, &result))
+                .help(match expected {
                 "mps" => "ComfyUI fell back to the CPU: check that its torch has MPS \
                           (`torch.backends.mps.is_available()`) and that `--cpu` is not among its args",
                 "cuda" => "ComfyUI fell back to the CPU: check that its torch is a CUDA build \
@@ -1128,17 +1140,14 @@ impl Kind for Benchmark {
         result.passed = result.failure.is_none();
         history.results.push(result.clone());
         history.save(&self.dir)?;
+        let outputs = recorded(&inputs, &fingerprint, &result);
         if let Some(failure) = result.failure {
-            return Err(ResourceError::new(failure).help(format!(
+            return Err(ResourceError::new(failure).record(outputs).help(format!(
                 "the runs and images are kept in {}; `plasma show {}` lists the history",
                 self.dir.display(),
                 cx.address
             )));
         }
-        let mut outputs = Outputs::new();
-        outputs.insert("inputs".into(), json!(inputs));
-        outputs.insert("fingerprint".into(), json!(fingerprint));
-        outputs.insert("result".into(), json!(result));
         Ok(outputs)
     }
 

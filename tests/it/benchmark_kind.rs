@@ -219,13 +219,46 @@ fn over_budget_fails_skips_dependents_and_is_still_recorded() {
     assert_eq!(last["passed"], false);
     assert_eq!(last["runs"].as_array().unwrap().len(), 2);
     assert!(last["median_seconds"].as_f64().unwrap() > 0.2);
+    // State records the failed result too, marked failed.
+    let state = sb.state();
+    let entry = &state["resources"]["benchmark.gen"];
+    assert_eq!(entry["failed"], true, "{entry}");
+    assert_eq!(entry["outputs"]["result"]["passed"], false);
+    assert_eq!(entry["outputs"]["result"]["runs"], last["runs"]);
+    assert!(
+        entry["outputs"]["result"]["failure"]
+            .as_str()
+            .unwrap()
+            .starts_with("over budget: median"),
+        "{entry}"
+    );
     // The next plan runs it again, and says why.
-    let plan = sb.run(&["plan"]);
+    let plan = sb.run(&["plan", "--detailed-exitcode"]);
+    plan.code(2);
     assert!(
         plan.stdout.contains("the last run failed (over budget"),
         "{}",
         plan.stdout
     );
+    // Without the history (deleted by hand) the failure in state alone
+    // keeps it from looking converged.
+    std::fs::remove_file(sb.path(".plasma/benchmarks/gen/history.json")).unwrap();
+    let plan = sb.run(&["plan", "--detailed-exitcode"]);
+    plan.code(2);
+    assert!(
+        plan.stdout.contains("its last apply failed"),
+        "{}",
+        plan.stdout
+    );
+    // A passing run replaces the failed record.
+    sb.spec(&spec(&server, &weights("v1"), "    budget \"60s\""));
+    sb.run(&["apply", "--yes"]).code(0);
+    let state = sb.state();
+    let entry = &state["resources"]["benchmark.gen"];
+    assert!(entry.get("failed").is_none(), "{entry}");
+    assert_eq!(entry["outputs"]["result"]["passed"], true);
+    assert_eq!(sb.read("after.txt"), "benchmarked\n");
+    sb.run(&["plan", "--detailed-exitcode"]).code(0);
 }
 
 #[test]
@@ -249,6 +282,18 @@ fn the_wrong_device_fails_before_running_and_is_recorded() {
     assert!(server.prompts().is_empty());
     assert!(run.stdout.contains("file.after: skipped"), "{}", run.stdout);
     assert_eq!(history(&sb)["results"][0]["device"], "cpu");
+    let state = sb.state();
+    let entry = &state["resources"]["benchmark.gen"];
+    assert_eq!(entry["failed"], true, "{entry}");
+    assert_eq!(entry["outputs"]["result"]["device"], "cpu");
+    assert!(
+        entry["outputs"]["result"]["failure"]
+            .as_str()
+            .unwrap()
+            .starts_with("wrong device"),
+        "{entry}"
+    );
+    sb.run(&["plan", "--detailed-exitcode"]).code(2);
 }
 
 #[test]
