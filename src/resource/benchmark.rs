@@ -950,6 +950,24 @@ impl Kind for Benchmark {
         self.around = around;
     }
 
+    /// A dependency that changes in this plan changes what is measured: a
+    /// clone moving to another commit, a venv's packages, a custom node, a
+    /// model, a file. The plan cannot see those in the fingerprint yet (it
+    /// reads the clone's commit and the venv as they are before the apply),
+    /// so it says so here. A service that only (re)starts (killed by hand)
+    /// is no reason to run: the fingerprint has its command.
+    fn dependencies_changed(&self, diff: Diff, changed: &[String]) -> Diff {
+        let measured: Vec<&str> = changed
+            .iter()
+            .map(String::as_str)
+            .filter(|address| !address.starts_with("service."))
+            .collect();
+        if diff.action.is_change() || measured.is_empty() {
+            return diff;
+        }
+        Diff::new(Action::Run, format!("{} changed", measured.join(", ")))
+    }
+
     async fn observe(&self, cx: &ObserveContext<'_>) -> Result<BenchmarkObserved, ResourceError> {
         let inputs = self.inputs(cx.hashes)?;
         let history = History::load(&self.dir)?;
