@@ -708,6 +708,12 @@ fn overhead(setup: &Setup<'_>) {
         (median(&walls(&plasma_runs)) / wall_median - 1.0) * 100.0,
         median(&pairs),
     );
+    let fixed: Vec<f64> = applies
+        .iter()
+        .zip(walls(&plasma_runs))
+        .map(|(apply, run)| apply - run)
+        .collect();
+    show("plasma apply minus its run, s", &fixed);
     println!(
         "overhead: client side added by plasma {added:+.3} s per run = {:+.2}% of the client's median run ({wall_median:.2} s); whole apply {:+.2}%",
         added / wall_median * 100.0,
