@@ -422,6 +422,7 @@ fn real_comfyui_service_and_benchmark_scenarios() {
     scenario("wrong device (expect-device mps on cpu)", || {
         let run = plasma(&sb, &["apply", "--yes", "--target", "benchmark.mps"]);
         run.code(1);
+        println!("{}", run.stderr);
         assert!(
             run.stderr.contains("wrong device: ComfyUI runs on `cpu`"),
             "{}",
@@ -452,6 +453,7 @@ fn real_comfyui_service_and_benchmark_scenarios() {
     scenario("missing model name (no extension)", || {
         let run = plasma(&sb, &["apply", "--yes", "--target", "benchmark.missing"]);
         run.code(1);
+        println!("{}", run.stderr);
         assert!(
             run.stderr
                 .contains("(did you mean `test-sd15.safetensors`?)"),
@@ -466,6 +468,7 @@ fn real_comfyui_service_and_benchmark_scenarios() {
         let plan = plasma(&sb, &["plan", "--target", "benchmark.ui"]);
         plan.code(1);
         let text = format!("{}{}", plan.stdout, plan.stderr);
+        println!("{text}");
         assert!(text.contains("UI format"), "{text}");
         assert!(text.contains("API"), "{text}");
         setup.extra.clear();
@@ -498,6 +501,7 @@ fn real_comfyui_service_and_benchmark_scenarios() {
         }
         std::thread::sleep(std::time::Duration::from_millis(500));
         let plan = plasma(&sb, &["plan", "--target", "service.comfy"]);
+        println!("{}", plan.stdout);
         assert!(
             plan.stdout.contains("start: not running"),
             "{}",
@@ -519,6 +523,7 @@ fn real_comfyui_service_and_benchmark_scenarios() {
         setup.lora_sha = sha256_hex(&empty_lora("b"));
         setup.write();
         let plan = plasma(&sb, &["plan", "--target", "file.after-pass"]);
+        println!("{}", plan.stdout);
         let why = format!("tiny.safetensors sha256:{}", &old[..8]);
         assert!(plan.stdout.contains(&why), "{}", plan.stdout);
         assert!(
@@ -547,6 +552,7 @@ fn real_comfyui_service_and_benchmark_scenarios() {
         setup.node_rev = node_v2.clone();
         setup.write();
         let plan = plasma(&sb, &["plan", "--target", "file.after-pass"]);
+        println!("{}", plan.stdout);
         assert!(
             plan.stdout.contains("restart: custom-node.probe changed"),
             "{}",
