@@ -229,9 +229,19 @@ pub async fn run(
                 finish(i, &mut ready, &mut remaining_deps, &mut blocked, None);
                 Outcome::Applied { action, seconds }
             }
-            Err(e) => {
-                // The intent stays unless nothing of it was made.
-                if let Some(intent) = intents.get_mut(&i)
+            Err(mut e) => {
+                if let Some(outputs) = e.record.take() {
+                    // What the failed apply measured is kept, marked failed.
+                    let created = action_of(i) == Action::Create
+                        || state.resources.get(&address).is_some_and(|p| p.created);
+                    state
+                        .resources
+                        .insert(address.clone(), failed_entry(declared, outputs, created));
+                    dirty = true;
+                    if let Some(intent) = intents.get_mut(&i) {
+                        intent.started = true;
+                    }
+                } else if let Some(intent) = intents.get_mut(&i)
                     && !declared
                         .resource
                         .owned_paths()
@@ -359,6 +369,7 @@ pub fn record_converged(
             owned_paths: declared.resource.owned_paths(),
             created: prior.is_some_and(|p| p.created),
             pending: false,
+            failed: false,
             applied_at: fsutil::unix_now(),
         };
         state.resources.insert(address, entry);
@@ -387,6 +398,7 @@ async fn apply_one(
         owned_paths: resource.owned_paths(),
         created: cx.prior.is_some_and(|p| p.created) || action == Action::Create,
         pending: false,
+        failed: false,
         applied_at: fsutil::unix_now(),
     };
     let after = resource
@@ -408,6 +420,27 @@ async fn apply_one(
     }
     entry.outputs.extend(resource.outputs(&after));
     Ok(entry)
+}
+
+/// The state entry of a resource whose apply failed but recorded
+/// `outputs`: `failed`, so that no plan takes it for converged.
+fn failed_entry(
+    declared: &crate::spec::Declared,
+    outputs: crate::resource::Outputs,
+    created: bool,
+) -> ResourceState {
+    let desired = declared.resource.desired();
+    ResourceState {
+        kind: declared.address.kind.clone(),
+        desired_digest: digest_of(&desired),
+        desired,
+        outputs,
+        owned_paths: declared.resource.owned_paths(),
+        created,
+        pending: false,
+        failed: true,
+        applied_at: fsutil::unix_now(),
+    }
 }
 
 /// An intent recorded for one resource, and the record it replaced.
@@ -454,6 +487,7 @@ fn record_intents(
                 owned_paths: Vec::new(),
                 created: true,
                 pending: true,
+                failed: false,
                 applied_at: fsutil::unix_now(),
             })
         };

@@ -184,6 +184,10 @@ pub fn make_plan(
             Ok(observation) => {
                 let prior = state.and_then(|s| s.resources.get(&address));
                 let mut diff = declared.resource.diff(observation, prior);
+                if prior.is_some_and(|p| p.failed) && !diff.action.is_change() {
+                    // A failure recorded in state is never converged.
+                    diff = Diff::new(Action::Update, "its last apply failed");
+                }
                 if changing.contains(&true) {
                     let changed: Vec<String> = loaded
                         .graph

@@ -42,6 +42,11 @@ pub struct ResourceState {
     /// next run that finds the resource converged.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub pending: bool,
+    /// The last apply failed and recorded what it had (`outputs`: a failed
+    /// benchmark's result). Such an entry never counts as converged: the
+    /// next plan changes the resource whatever its kind's diff says.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub failed: bool,
     /// Seconds since the Unix epoch of the last apply.
     pub applied_at: u64,
 }

@@ -571,7 +571,9 @@ impl Git {
                 "--untracked-files=normal",
             ],
         )?;
-        Ok(parse_status_v2(&out.stdout))
+        let mut changes = parse_status_v2(&out.stdout);
+        changes.retain(|c| !is_bytecode_cache(c));
+        Ok(changes)
     }
 
     /// Appends the submodules of the repository at `repo_dir` (whose paths are
@@ -721,6 +723,16 @@ pub(crate) fn parse_status_v2(output: &[u8]) -> Vec<ChangedPath> {
     changes
 }
 
+/// An untracked Python byte-code cache (a `__pycache__/` folder, a `.pyc`
+/// file): Python writes them beside the code it imports (ComfyUI importing
+/// a custom node that has no `.gitignore` for them), so they are not the
+/// user's local changes.
+fn is_bytecode_cache(change: &ChangedPath) -> bool {
+    let path = change.path.trim_end_matches('/');
+    change.change == ChangeKind::Untracked
+        && (path == "__pycache__" || path.ends_with("/__pycache__") || path.ends_with(".pyc"))
+}
+
 fn classify(xy: &str, sub: &str) -> Option<ChangeKind> {
     let mut xy_chars = xy.chars();
     let (x, y) = (xy_chars.next()?, xy_chars.next()?);
@@ -774,6 +786,18 @@ mod tests {
                 ("notes.txt", ChangeKind::Untracked),
             ]
         );
+    }
+
+    #[test]
+    fn untracked_bytecode_caches_are_not_local_changes() {
+        let output = b"? __pycache__/\0? nodes/__pycache__/\0? old.pyc\0? notes.txt\0\
+                       1 .M N... 100644 100644 100644 aaa aaa x.pyc\0";
+        let kept: Vec<String> = parse_status_v2(output)
+            .into_iter()
+            .filter(|c| !is_bytecode_cache(c))
+            .map(|c| c.path)
+            .collect();
+        assert_eq!(kept, ["notes.txt", "x.pyc"]);
     }
 
     #[test]

@@ -852,6 +852,16 @@ fn say(cx: &ApplyContext<'_>, text: String) {
     }
 }
 
+/// What state records of a run, passed or failed: the inputs it ran with,
+/// their digest and the result.
+fn recorded(inputs: &Inputs, fingerprint: &str, result: &Result_) -> Outputs {
+    let mut outputs = Outputs::new();
+    outputs.insert("inputs".into(), json!(inputs));
+    outputs.insert("fingerprint".into(), json!(fingerprint));
+    outputs.insert("result".into(), json!(result));
+    outputs
+}
+
 fn recorded_inputs(prior: Option<&ResourceState>) -> Option<Inputs> {
     serde_json::from_value(prior?.outputs.get("inputs")?.clone()).ok()
 }
@@ -966,6 +976,24 @@ impl Kind for Benchmark {
         self.around = around;
     }
 
+    /// A dependency that changes in this plan changes what is measured: a
+    /// clone moving to another commit, a venv's packages, a custom node, a
+    /// model, a file. The plan cannot see those in the fingerprint yet (it
+    /// reads the clone's commit and the venv as they are before the apply),
+    /// so it says so here. A service that only (re)starts (killed by hand)
+    /// is no reason to run: the fingerprint has its command.
+    fn dependencies_changed(&self, diff: Diff, changed: &[String]) -> Diff {
+        let measured: Vec<&str> = changed
+            .iter()
+            .map(String::as_str)
+            .filter(|address| !address.starts_with("service."))
+            .collect();
+        if diff.action.is_change() || measured.is_empty() {
+            return diff;
+        }
+        Diff::new(Action::Run, format!("{} changed", measured.join(", ")))
+    }
+
     async fn observe(&self, cx: &ObserveContext<'_>) -> Result<BenchmarkObserved, ResourceError> {
         let inputs = self.inputs(cx.hashes)?;
         let history = History::load(&self.dir)?;
@@ -1062,9 +1090,11 @@ impl Kind for Benchmark {
                 stats.device_type, stats.device_name
             );
             result.failure = Some(format!("wrong device: {why}"));
-            history.results.push(result);
+            history.results.push(result.clone());
             history.save(&self.dir)?;
-            return Err(ResourceError::new(format!("wrong device: {why}")).help(match expected {
+            return Err(ResourceError::new(format!("wrong device: {why}"))
+                .record(recorded(&inputs, &fingerprint, &result))
+                .help(match expected {
                 "mps" => "ComfyUI fell back to the CPU: check that its torch has MPS \
                           (`torch.backends.mps.is_available()`) and that `--cpu` is not among its args",
                 "cuda" => "ComfyUI fell back to the CPU: check that its torch is a CUDA build \
@@ -1154,17 +1184,14 @@ impl Kind for Benchmark {
         result.passed = result.failure.is_none();
         history.results.push(result.clone());
         history.save(&self.dir)?;
+        let outputs = recorded(&inputs, &fingerprint, &result);
         if let Some(failure) = result.failure {
-            return Err(ResourceError::new(failure).help(format!(
+            return Err(ResourceError::new(failure).record(outputs).help(format!(
                 "the runs and images are kept in {}; `plasma show {}` lists the history",
                 self.dir.display(),
                 cx.address
             )));
         }
-        let mut outputs = Outputs::new();
-        outputs.insert("inputs".into(), json!(inputs));
-        outputs.insert("fingerprint".into(), json!(fingerprint));
-        outputs.insert("result".into(), json!(result));
         Ok(outputs)
     }
 

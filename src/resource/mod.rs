@@ -39,6 +39,10 @@ pub struct ResourceError {
     pub message: String,
     /// A line telling the user what to do about it.
     pub help: Option<String>,
+    /// Outputs to keep in state although the apply failed: what a failed
+    /// run measured (a benchmark over budget). The state entry is marked
+    /// `failed`, so the next plan still plans the resource.
+    pub record: Option<Outputs>,
 }
 
 impl ResourceError {
@@ -46,11 +50,18 @@ impl ResourceError {
         ResourceError {
             message: message.into(),
             help: None,
+            record: None,
         }
     }
 
     pub fn help(mut self, help: impl Into<String>) -> Self {
         self.help = Some(help.into());
+        self
+    }
+
+    /// Asks apply to record `outputs` in state with the failure.
+    pub fn record(mut self, outputs: Outputs) -> Self {
+        self.record = Some(outputs);
         self
     }
 

@@ -7,7 +7,7 @@ use std::time::Duration;
 use serde_json::Value;
 
 use crate::support::comfyfix::{Config, StandIn};
-use crate::support::sandbox::Sandbox;
+use crate::support::sandbox::{Sandbox, StopServices};
 
 const CHECKPOINT: &str = "test-sd15.safetensors";
 
@@ -23,25 +23,6 @@ fn weights(tag: &str) -> Vec<u8> {
 /// The service's command: a long sleep stands in for the ComfyUI process
 /// (the stand-in answers its health URL). Stopped when the test ends.
 const SERVICE_COMMAND: &str = "command \"sleep\" \"600\"\n    manager \"process\"";
-
-/// Stops the service process a test's applies started.
-struct StopService<'a>(&'a Sandbox);
-
-impl Drop for StopService<'_> {
-    fn drop(&mut self) {
-        let Ok(text) = std::fs::read_to_string(self.0.path(".plasma/state.json")) else {
-            return;
-        };
-        let state: Value = serde_json::from_str(&text).unwrap_or_default();
-        for (_, entry) in state["resources"].as_object().into_iter().flatten() {
-            if let Some(pid) = entry["outputs"]["pid"].as_u64() {
-                let _ = std::process::Command::new("kill")
-                    .arg(pid.to_string())
-                    .status();
-            }
-        }
-    }
-}
 
 fn sha256_hex(bytes: &[u8]) -> String {
     use sha2::Digest;
@@ -117,7 +98,7 @@ fn seeds(server: &StandIn) -> Vec<u64> {
 fn a_passing_run_is_recorded_and_not_repeated_when_nothing_changed() {
     let server = StandIn::start(Config::default());
     let sb = sandbox(&server, "    budget \"60s\"\n    expect-device \"cpu\"");
-    let _stop = StopService(&sb);
+    let _stop = StopServices(&sb);
     let run = sb.run(&["apply", "--yes"]);
     run.code(0);
     assert!(
@@ -143,16 +124,7 @@ fn a_passing_run_is_recorded_and_not_repeated_when_nothing_changed() {
     assert_eq!(result["pytorch_version"], "2.5.1+cpu");
     assert!(result["median_seconds"].as_f64().unwrap() > 0.0);
     assert!(result["runs"][0]["it_per_s"].as_f64().unwrap() > 0.0);
-    for image in result["images"].as_array().unwrap() {
-        let path = sb.path(&format!(
-            ".plasma/benchmarks/gen/{}",
-            image.as_str().unwrap()
-        ));
-        assert!(
-            std::fs::read(&path).unwrap().starts_with(b"\x89PNG"),
-            "{path:?}"
-        );
-    }
+    crate::support::sandbox::assert_benchmark_images(&sb, "gen", result);
     assert_eq!(sb.read("after.txt"), "benchmarked\n");
 
     // Nothing changed: no-op, and no prompt reaches ComfyUI.
@@ -184,7 +156,7 @@ fn a_passing_run_is_recorded_and_not_repeated_when_nothing_changed() {
 fn apply_rerun_forces_a_run_with_new_seeds() {
     let server = StandIn::start(Config::default());
     let sb = sandbox(&server, "");
-    let _stop = StopService(&sb);
+    let _stop = StopServices(&sb);
     sb.run(&["apply", "--yes"]).code(0);
     let run = sb.run(&["apply", "--yes", "--rerun", "benchmark.gen"]);
     run.code(0);
@@ -208,7 +180,7 @@ fn over_budget_fails_skips_dependents_and_is_still_recorded() {
         ..Config::default()
     });
     let sb = sandbox(&server, "    budget \"200ms\"");
-    let _stop = StopService(&sb);
+    let _stop = StopServices(&sb);
     let run = sb.run(&["apply", "--yes"]);
     run.code(1);
     assert!(run.stderr.contains("over budget: median"), "{}", run.stderr);
@@ -219,20 +191,53 @@ fn over_budget_fails_skips_dependents_and_is_still_recorded() {
     assert_eq!(last["passed"], false);
     assert_eq!(last["runs"].as_array().unwrap().len(), 2);
     assert!(last["median_seconds"].as_f64().unwrap() > 0.2);
+    // State records the failed result too, marked failed.
+    let state = sb.state();
+    let entry = &state["resources"]["benchmark.gen"];
+    assert_eq!(entry["failed"], true, "{entry}");
+    assert_eq!(entry["outputs"]["result"]["passed"], false);
+    assert_eq!(entry["outputs"]["result"]["runs"], last["runs"]);
+    assert!(
+        entry["outputs"]["result"]["failure"]
+            .as_str()
+            .unwrap()
+            .starts_with("over budget: median"),
+        "{entry}"
+    );
     // The next plan runs it again, and says why.
-    let plan = sb.run(&["plan"]);
+    let plan = sb.run(&["plan", "--detailed-exitcode"]);
+    plan.code(2);
     assert!(
         plan.stdout.contains("the last run failed (over budget"),
         "{}",
         plan.stdout
     );
+    // Without the history (deleted by hand) the failure in state alone
+    // keeps it from looking converged.
+    std::fs::remove_file(sb.path(".plasma/benchmarks/gen/history.json")).unwrap();
+    let plan = sb.run(&["plan", "--detailed-exitcode"]);
+    plan.code(2);
+    assert!(
+        plan.stdout.contains("its last apply failed"),
+        "{}",
+        plan.stdout
+    );
+    // A passing run replaces the failed record.
+    sb.spec(&spec(&server, &weights("v1"), "    budget \"60s\""));
+    sb.run(&["apply", "--yes"]).code(0);
+    let state = sb.state();
+    let entry = &state["resources"]["benchmark.gen"];
+    assert!(entry.get("failed").is_none(), "{entry}");
+    assert_eq!(entry["outputs"]["result"]["passed"], true);
+    assert_eq!(sb.read("after.txt"), "benchmarked\n");
+    sb.run(&["plan", "--detailed-exitcode"]).code(0);
 }
 
 #[test]
 fn the_wrong_device_fails_before_running_and_is_recorded() {
     let server = StandIn::start(Config::default());
     let sb = sandbox(&server, "    expect-device \"mps\"");
-    let _stop = StopService(&sb);
+    let _stop = StopServices(&sb);
     let run = sb.run(&["apply", "--yes"]);
     run.code(1);
     assert!(
@@ -249,6 +254,18 @@ fn the_wrong_device_fails_before_running_and_is_recorded() {
     assert!(server.prompts().is_empty());
     assert!(run.stdout.contains("file.after: skipped"), "{}", run.stdout);
     assert_eq!(history(&sb)["results"][0]["device"], "cpu");
+    let state = sb.state();
+    let entry = &state["resources"]["benchmark.gen"];
+    assert_eq!(entry["failed"], true, "{entry}");
+    assert_eq!(entry["outputs"]["result"]["device"], "cpu");
+    assert!(
+        entry["outputs"]["result"]["failure"]
+            .as_str()
+            .unwrap()
+            .starts_with("wrong device"),
+        "{entry}"
+    );
+    sb.run(&["plan", "--detailed-exitcode"]).code(2);
 }
 
 #[test]
@@ -259,7 +276,7 @@ fn a_socket_dropped_mid_run_ends_through_the_history() {
         ..Config::default()
     });
     let sb = sandbox(&server, "");
-    let _stop = StopService(&sb);
+    let _stop = StopServices(&sb);
     let run = sb.run(&["apply", "--yes"]);
     run.code(0);
     assert!(
@@ -278,7 +295,7 @@ fn an_execution_error_names_the_node_class_and_exception() {
         ..Config::default()
     });
     let sb = sandbox(&server, "");
-    let _stop = StopService(&sb);
+    let _stop = StopServices(&sb);
     let run = sb.run(&["apply", "--yes"]);
     run.code(1);
     assert!(
@@ -297,7 +314,7 @@ fn a_model_comfyui_does_not_list_is_explained_before_submitting() {
         ..Config::default()
     });
     let sb = sandbox(&server, "");
-    let _stop = StopService(&sb);
+    let _stop = StopServices(&sb);
     let run = sb.run(&["apply", "--yes"]);
     run.code(1);
     assert!(
@@ -315,7 +332,7 @@ fn a_model_comfyui_does_not_list_is_explained_before_submitting() {
 fn a_name_without_its_extension_gets_a_suggestion() {
     let server = StandIn::start(Config::default());
     let sb = Sandbox::new();
-    let _stop = StopService(&sb);
+    let _stop = StopServices(&sb);
     sb.write(
         "bench.json",
         &serde_json::json!({
@@ -376,7 +393,7 @@ fn a_ui_format_workflow_is_refused_with_how_to_export_the_api_format() {
 fn a_changed_model_digest_reruns_and_the_plan_says_why() {
     let server = StandIn::start(Config::default());
     let sb = sandbox(&server, "");
-    let _stop = StopService(&sb);
+    let _stop = StopServices(&sb);
     sb.run(&["apply", "--yes"]).code(0);
     assert_eq!(server.prompts().len(), 3);
     // The model is replaced by other weights, with their digest.
@@ -393,5 +410,34 @@ fn a_changed_model_digest_reruns_and_the_plan_says_why() {
     );
     sb.run(&["apply", "--yes"]).code(0);
     assert_eq!(server.prompts().len(), 6);
+    sb.run(&["plan", "--detailed-exitcode"]).code(0);
+}
+
+#[test]
+fn a_dependency_changed_in_the_same_apply_reruns_it_and_the_plan_says_why() {
+    let server = StandIn::start(Config::default());
+    let sb = sandbox(&server, "");
+    let with_cfg = |content: &str| {
+        format!(
+            "{}\nfile cfg {{\n    path \"cfg.txt\"\n    content \"{content}\"\n}}\n",
+            spec(&server, &weights("v1"), "    depends-on file.cfg")
+        )
+    };
+    sb.spec(&with_cfg("a"));
+    let _stop = StopServices(&sb);
+    sb.run(&["apply", "--yes"]).code(0);
+    let prompts = server.prompts().len();
+
+    // The plan cannot see the change in the fingerprint yet; it says why.
+    sb.spec(&with_cfg("b"));
+    let plan = sb.run(&["plan"]);
+    assert!(
+        plan.stdout
+            .contains("benchmark.gen will run (file.cfg changed)"),
+        "{}",
+        plan.stdout
+    );
+    sb.run(&["apply", "--yes"]).code(0);
+    assert_eq!(server.prompts().len(), prompts + 3, "warm-up and two runs");
     sb.run(&["plan", "--detailed-exitcode"]).code(0);
 }

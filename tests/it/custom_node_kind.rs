@@ -132,8 +132,22 @@ fn a_node_is_cloned_its_requirements_held_under_the_pins_and_its_script_run_once
     assert_eq!(installed["helper"], "1.0");
     assert_eq!(install_runs(&sb), 1);
 
+    // ComfyUI imports the node, and Python leaves its byte-code caches in
+    // the node's clone (this node has no .gitignore for them).
+    let compiled = std::process::Command::new("python3")
+        .args(["-m", "compileall", "-q"])
+        .arg(sb.path("ComfyUI/custom_nodes/ComfyUI-Manager"))
+        .status()
+        .unwrap();
+    assert!(compiled.success());
+    assert!(
+        sb.path("ComfyUI/custom_nodes/ComfyUI-Manager/__pycache__")
+            .is_dir()
+    );
+
     // Converged: the venv does not count the node's packages as outside
-    // plasma, the ComfyUI clone is not dirty, nothing runs again.
+    // plasma, neither clone is dirty (byte-code caches are not local
+    // changes), nothing runs again.
     sb.run(&["plan", "--detailed-exitcode"]).code(0);
     sb.run(&["drift"]).code(0);
     let again = sb.run(&["apply", "--yes"]);

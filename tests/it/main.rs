@@ -4,9 +4,9 @@
 mod support;
 
 mod benchmark_kind;
-mod benchmark_real;
 mod cli_hints;
 mod comfyui_client;
+mod comfyui_real;
 mod custom_node_kind;
 mod diagnostics;
 mod download_layer;

@@ -4,15 +4,14 @@
 //! health on 127.0.0.1, and notices when it was killed, changed, or when
 //! something it depends on changed. The unit file and plist plasma writes
 //! are checked by the tools that read them (`systemd-analyze verify`,
-//! Python's `plistlib`). The real ComfyUI v0.3.27 runs in the last test when
-//! `PLASMA_REAL_STACK` names the real stack's folder.
+//! Python's `plistlib`). The real ComfyUI runs in `comfyui_real`.
 
 use crate::support::gitfix;
 use crate::support::sandbox;
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use sandbox::Sandbox;
@@ -770,92 +769,6 @@ print("ok")
         "plistlib: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-}
-
-/// The real ComfyUI v0.3.27 from the real stack (`PLASMA_REAL_STACK`, see
-/// `shared/real-stack/README.md`), cloned by plasma's `repo` from the
-/// stack's git mirror and started by plasma's `service` with the stack's
-/// prebuilt `comfy-venv` through `command` (building that venv with
-/// plasma's `venv` takes many minutes under load).
-#[test]
-fn real_stack_comfyui_starts_and_answers_system_stats() {
-    let Some(stack) = std::env::var_os("PLASMA_REAL_STACK").map(PathBuf::from) else {
-        println!("skipped: set PLASMA_REAL_STACK to the real stack's folder to run it");
-        return;
-    };
-    let python = stack.join("comfy-venv/bin/python");
-    let mirror = stack.join("git/ComfyUI.git");
-    if !python.exists() || !mirror.exists() {
-        println!(
-            "skipped: {} has no comfy-venv or git/ComfyUI.git",
-            stack.display()
-        );
-        return;
-    }
-    let sb = Sandbox::new();
-    let _guard = Services { sb: &sb };
-    let port = free_port();
-    sb.spec(&format!(
-        r#"
-repo comfyui {{
-    url "file://{mirror}"
-    rev "v0.3.27"
-    path "ComfyUI"
-}}
-// v0.3.27's tree has no custom_nodes/ (its .gitignore lists it) and main.py
-// dies without one; the ComfyUI form makes it, `command` does not.
-file keep-custom-nodes {{
-    path "ComfyUI/custom_nodes/.keep"
-    content ""
-    depends-on repo.comfyui
-}}
-service comfyui {{
-    command "{python}" "main.py" "--cpu" "--listen" "127.0.0.1" "--port" "{port}" "--disable-auto-launch"
-    cwd "ComfyUI"
-    depends-on repo.comfyui file.keep-custom-nodes
-    env {{ PYTORCH_ENABLE_MPS_FALLBACK "1" }}
-    health {{
-        url "http://127.0.0.1:{port}/system_stats"
-        timeout "240s"
-    }}
-    manager "process"
-}}
-"#,
-        python = python.display(),
-        mirror = mirror.display(),
-    ));
-    let started = Instant::now();
-    let run = sb.run(&["apply", "--yes"]);
-    let took = started.elapsed();
-    run.code(0);
-    println!("real ComfyUI healthy after {took:?}");
-    assert_eq!(get_status(port, "/system_stats"), Some(200));
-    let log = sb.read(".plasma/services/comfyui/service.log");
-    assert!(
-        log.contains(&format!("To see the GUI go to: http://127.0.0.1:{port}")),
-        "{log}"
-    );
-    let plan_started = Instant::now();
-    sb.run(&["plan", "--detailed-exitcode"]).code(0);
-    println!("converged plan: {:?}", plan_started.elapsed());
-
-    // Killed by hand: drift, and apply starts it again.
-    let pid = pid_of(&sb, "comfyui");
-    kill(pid);
-    let plan = sb.run(&["plan"]);
-    assert!(
-        plan.stdout.contains("start: not running"),
-        "{}",
-        plan.stdout
-    );
-    let restarted_at = Instant::now();
-    sb.run(&["apply", "--yes"]).code(0);
-    println!("restarted and healthy after {:?}", restarted_at.elapsed());
-    assert_ne!(pid_of(&sb, "comfyui"), pid);
-    assert_eq!(get_status(port, "/system_stats"), Some(200));
-    sb.spec("");
-    sb.run(&["apply", "--yes", "--prune"]).code(0);
-    assert_eq!(get_status(port, "/system_stats"), None);
 }
 
 #[test]

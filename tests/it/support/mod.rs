@@ -6,4 +6,5 @@ pub mod comfyfix;
 pub mod gitfix;
 pub mod httpfix;
 pub mod pyfix;
+pub mod realstack;
 pub mod sandbox;

@@ -99,3 +99,44 @@ impl Sandbox {
         serde_json::from_str(&self.read(".plasma/state.json")).expect("state is JSON")
     }
 }
+
+/// Kills (SIGKILL, whole process group) every `process` service a
+/// sandbox's applies started, however a test ends: the pids recorded in
+/// `.plasma/services/*/record.json`.
+pub struct StopServices<'a>(pub &'a Sandbox);
+
+impl Drop for StopServices<'_> {
+    fn drop(&mut self) {
+        let Ok(dirs) = std::fs::read_dir(self.0.path(".plasma/services")) else {
+            return;
+        };
+        for dir in dirs.flatten() {
+            let Ok(text) = std::fs::read_to_string(dir.path().join("record.json")) else {
+                continue;
+            };
+            let value: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
+            if let Some(pid) = value["pid"].as_i64().and_then(|p| i32::try_from(p).ok()) {
+                unsafe {
+                    libc::kill(-pid, libc::SIGKILL);
+                }
+            }
+        }
+    }
+}
+
+/// Asserts that every image a benchmark's `result` (as state records it)
+/// lists is a PNG file under `.plasma/benchmarks/NAME/`.
+pub fn assert_benchmark_images(sb: &Sandbox, name: &str, result: &serde_json::Value) {
+    let images = result["images"].as_array().expect("a list of images");
+    assert!(!images.is_empty(), "no images: {result}");
+    for image in images {
+        let path = sb.path(&format!(
+            ".plasma/benchmarks/{name}/{}",
+            image.as_str().unwrap()
+        ));
+        assert!(
+            std::fs::read(&path).unwrap().starts_with(b"\x89PNG"),
+            "{path:?}"
+        );
+    }
+}
