@@ -179,15 +179,6 @@ custom-node probe {{
     rev "{node_rev}"
 }}
 
-service comfy {{
-    comfyui repo.comfyui
-    venv venv.comfyui
-    args "--cpu" "--listen" "127.0.0.1" "--port" "{port}" "--disable-auto-launch"
-    env {{ PYTORCH_ENABLE_MPS_FALLBACK "1"; }}
-    manager "process"
-    health {{ timeout "300s"; }}
-}}
-
 file after-pass {{
     path "after-pass.txt"
     content "benchmarked\n"
@@ -203,8 +194,10 @@ file after-slow {{
             lora_sha = self.lora_sha,
             node_url = self.node_url,
             node_rev = self.node_rev,
-            port = self.port,
         );
+        spec += &self
+            .stack
+            .comfyui_service_kdl("comfy", "comfyui", "comfyui", self.port);
         spec += &txt2img_benchmark(
             "pass",
             "    runs 1\n    warmup 1\n    budget \"600s\"\n    expect-device \"cpu\"",
@@ -304,6 +297,7 @@ async fn minimal_run(base: &str, prompt: &Value) -> f64 {
 
 #[test]
 fn real_comfyui_service_and_benchmark_scenarios() {
+    let _turn = realstack::serial();
     let Some(stack) = realstack::get() else {
         return;
     };

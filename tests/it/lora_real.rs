@@ -5,120 +5,25 @@
 //!
 //! Everything runs from what plasma builds: the clones (`repo`, from the real
 //! stack's bare repositories at their tags) and the venvs (`venv`, from the
-//! clones' requirements with torch from the real stack's `wheels/`). Those
-//! weigh about 6 GB each, so they are built once under
-//! `CARGO_TARGET_TMPDIR/real-stack/` and kept between runs: the first test
-//! to need one applies it (minutes), later sandboxes find it converged
-//! (each sandbox's own state adopts the clone and the venv's record).
+//! clones' requirements with torch from the real stack's `wheels/`), built
+//! once by support/realstack.rs and kept between runs; each test's own spec
+//! declares them again and finds them converged (its state adopts the clone
+//! and the venv's record). A test's ComfyUI is a clone of its own, in its
+//! sandbox, so the LoRA it installs stays its own.
 
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::MutexGuard;
 use std::time::Instant;
 
-use crate::support::sandbox::{Run, Sandbox};
+use crate::support::realstack::{self, RealStack};
+use crate::support::sandbox::{Run, Sandbox, StopServices};
 
-/// One real-stack test at a time: they share the built clones and venvs and
-/// the machine's two cores.
-static REAL_STACK: Mutex<()> = Mutex::new(());
-
-/// The real stack's folder and the shared build folder, with the lock held;
+/// The real stack with sd-scripts built, and the real-stack tests' turn;
 /// `None` (and a printed reason) when there is no real stack.
-fn real_stack() -> Option<(PathBuf, PathBuf, MutexGuard<'static, ()>)> {
-    let Some(rs) = std::env::var_os("PLASMA_REAL_STACK").map(PathBuf::from) else {
-        println!(
-            "skipped: PLASMA_REAL_STACK is not set (a folder built by shared/real-stack/setup.sh)"
-        );
-        return None;
-    };
-    for needed in [
-        "git/sd-scripts.git",
-        "git/ComfyUI.git",
-        "wheels",
-        "kohya-cache/openai_clip-vit-large-patch14",
-        "test-sd15.safetensors",
-        "train/dataset/img/10_spyke",
-        "train/dataset/reg/1_person",
-    ] {
-        if !rs.join(needed).exists() {
-            println!("skipped: {} has no {needed}", rs.display());
-            return None;
-        }
-    }
-    let guard = REAL_STACK
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
-    let built = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("real-stack");
-    std::fs::create_dir_all(&built).unwrap();
-    Some((rs, built, guard))
-}
-
-/// The sd-scripts clone and its venv, as a user of the real trainer would
-/// declare them (sd-scripts' own requirements.txt, which ends in `-e .`).
-fn kohya_stack(rs: &Path, built: &Path) -> String {
-    let (rs, built) = (rs.display(), built.display());
-    format!(
-        r#"
-repo sd-scripts {{
-    url "{rs}/git/sd-scripts.git"
-    rev "3e6935a"
-    path "{built}/sd-scripts"
-}}
-
-venv kohya {{
-    path "{built}/kohya-venv"
-    python "3.11"
-    package torch "2.5.1"
-    package torchvision "0.20.1"
-    requirements "{built}/sd-scripts/requirements.txt"
-    find-links "{rs}/wheels"
-    depends-on repo.sd-scripts
-}}
-"#
-    )
-}
-
-/// ComfyUI v0.3.27's clone and venv: its requirements as they resolve today
-/// (`shared/real-stack/setup.sh`: frontend 1.14.5 left PyPI, transformers 5
-/// refuses torch < 2.6 and no longer brings `requests`, which ComfyUI
-/// imports), and the service on `port`.
-fn comfy_stack(rs: &Path, built: &Path, port: u16) -> String {
-    let extra = built.join("comfy-extra-requirements.txt");
-    if !extra.exists() {
-        std::fs::write(&extra, "requests\n").unwrap();
-    }
-    let (rs, built) = (rs.display(), built.display());
-    format!(
-        r#"
-repo comfyui {{
-    url "{rs}/git/ComfyUI.git"
-    rev "v0.3.27"
-    path "{built}/ComfyUI"
-}}
-
-venv comfyui {{
-    path "{built}/comfy-venv"
-    python "3.11"
-    package torch "2.5.1"
-    package torchvision "0.20.1"
-    package torchaudio "2.5.1"
-    package comfyui-frontend-package "1.14.6"
-    package transformers "4.50.3"
-    requirements "{built}/ComfyUI/requirements.txt" "{built}/comfy-extra-requirements.txt"
-    find-links "{rs}/wheels"
-    depends-on repo.comfyui
-}}
-
-service comfy {{
-    comfyui repo.comfyui
-    venv venv.comfyui
-    args "--cpu" "--listen" "127.0.0.1" "--port" "{port}" "--disable-auto-launch"
-    manager "process"
-    health {{
-        timeout "300s"
-    }}
-}}
-"#
-    )
+fn real_stack() -> Option<(&'static RealStack, MutexGuard<'static, ()>)> {
+    let turn = realstack::serial();
+    let stack = realstack::get()?.kohya()?;
+    Some((stack, turn))
 }
 
 /// A tiny LoRA on the real stack's dataset: 4 train images × 10 repeats and
@@ -203,22 +108,6 @@ fn apply_venv(sb: &Sandbox, venv: &str) {
     run.code(0);
 }
 
-/// Stops the ComfyUI the test's `service` started (a detached process).
-struct StopService(PathBuf);
-
-impl Drop for StopService {
-    fn drop(&mut self) {
-        let Ok(text) = std::fs::read_to_string(self.0.join(".plasma/state.json")) else {
-            return;
-        };
-        let state: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
-        if let Some(pid) = state["resources"]["service.comfy"]["outputs"]["pid"].as_u64() {
-            // SAFETY: a plain kill(2) of the pid this test's plasma started.
-            unsafe { libc::kill(pid as i32, libc::SIGTERM) };
-        }
-    }
-}
-
 /// plasma's `lora` trains with the real sd-scripts in the venv plasma built,
 /// the plan's step count is the trainer's, the min-loss checkpoint is
 /// installed into ComfyUI's `models/loras/`, and the real ComfyUI (started
@@ -227,25 +116,16 @@ impl Drop for StopService {
 /// `LoraLoader` in the graph).
 #[test]
 fn real_stack_lora_trains_in_a_plasma_venv_and_comfyui_loads_it() {
-    let Some((rs, built, _lock)) = real_stack() else {
+    let Some((stack, _turn)) = real_stack() else {
         return;
     };
+    let rs = &stack.stack;
     let t0 = Instant::now();
     let sb = Sandbox::new();
-    let _stop = StopService(sb.root().to_path_buf());
+    let _stop = StopServices(&sb);
     sb.write("accelerate.yaml", ACCELERATE_CPU);
-    // A name of its own in the shared clone's models/loras/, removed after.
-    let lora_name = format!("plasma-test-{}.safetensors", plasma::fsutil::random_hex(6));
-    let loras = built.join("ComfyUI/models/loras");
-    let installed = loras.join(&lora_name);
-    struct Remove(PathBuf);
-    impl Drop for Remove {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_file(&self.0);
-        }
-    }
-    let _remove = Remove(installed.clone());
-
+    let clone = sb.path("ComfyUI");
+    let installed = clone.join("models/loras/tiny.safetensors");
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -254,13 +134,7 @@ fn real_stack_lora_trains_in_a_plasma_venv_and_comfyui_loads_it() {
     // The built-in txt2img graph with the trained LoRA (a LoraLoader
     // between the checkpoint and the sampler), 64×64, 3 steps.
     let spec = format!(
-        r#"{}{}{}
-model sd15 {{
-    source "{rs}/test-sd15.safetensors"
-    path "{built}/ComfyUI/models/checkpoints/test-sd15.safetensors"
-    depends-on repo.comfyui
-}}
-
+        r#"{}{}{}{}{}{}{}
 benchmark with-lora {{
     service service.comfy
     txt2img {{
@@ -277,21 +151,27 @@ benchmark with-lora {{
     budget "600s"
     expect-device "cpu"
     timeout "600s"
+    depends-on link.sd15-in-comfyui
 }}
 "#,
-        kohya_stack(&rs, &built),
-        comfy_stack(&rs, &built, port),
+        stack.kohya_kdl(),
+        stack.repo_kdl("comfyui", &clone),
+        stack.venv_kdl("comfyui", "repo.comfyui"),
+        stack.checkpoint_kdl("sd15"),
+        stack.checkpoint_link_kdl("sd15-in-comfyui", &clone, "repo.comfyui model.sd15"),
+        stack.comfyui_service_kdl("comfy", "comfyui", "comfyui", port),
         tiny_lora(
-            &rs,
+            rs,
             6,
-            &format!("    install-to \"{}\"", installed.display())
+            &format!(
+                "    install-to \"{}\"\n    depends-on repo.comfyui",
+                installed.display()
+            )
         ),
-        rs = rs.display(),
-        built = built.display(),
     );
     sb.spec(&spec);
 
-    // ComfyUI's clone first: the LoRA is installed into it.
+    // ComfyUI's clone first (adopted, with its venv): the LoRA is installed into it.
     apply_venv(&sb, "venv.comfyui");
     apply_venv(&sb, "venv.kohya");
     let plan = timed(&sb, &["plan", "--target", "lora.tiny"]);
@@ -341,7 +221,6 @@ benchmark with-lora {{
         show.stdout
     );
 
-    std::fs::create_dir_all(built.join("ComfyUI/custom_nodes")).unwrap();
     let bench = timed(&sb, &["apply", "--yes", "--target", "benchmark.with-lora"]);
     println!("{}{}", bench.stdout, bench.stderr);
     bench.code(0);
@@ -386,7 +265,7 @@ fn ss_steps(file: &Path) -> u64 {
 /// checkpoint's `ss_steps` is the whole run's.
 #[test]
 fn real_stack_a_killed_run_resumes_from_its_saved_state() {
-    let Some((rs, built, _lock)) = real_stack() else {
+    let Some((stack, _turn)) = real_stack() else {
         return;
     };
     let t0 = Instant::now();
@@ -394,8 +273,8 @@ fn real_stack_a_killed_run_resumes_from_its_saved_state() {
     sb.write("accelerate.yaml", ACCELERATE_CPU);
     sb.spec(&format!(
         "{}{}",
-        kohya_stack(&rs, &built),
-        tiny_lora(&rs, 8, "    save-state")
+        stack.kohya_kdl(),
+        tiny_lora(&stack.stack, 8, "    save-state")
     ));
     apply_venv(&sb, "venv.kohya");
 

@@ -1,5 +1,6 @@
-//! The real ComfyUI v0.3.27 stack **as plasma builds it**, for tests that
-//! need a real ComfyUI (the benchmark suite, a LoRA tried in ComfyUI).
+//! The real ComfyUI v0.3.27 and kohya sd-scripts 3e6935a **as plasma builds
+//! them**, for tests that need the real programs (the benchmark suite, LoRA
+//! training, a LoRA tried in ComfyUI).
 //!
 //! It runs when `PLASMA_REAL_STACK=<folder>` names a folder made by
 //! `shared/real-stack/setup.sh` (its `git/ComfyUI.git`, `wheels/` and
@@ -21,7 +22,10 @@
 //! them converged and adopts them without installing or copying anything),
 //! clones its own ComfyUI with [`RealStack::repo_kdl`] (so that custom nodes
 //! and models it adds stay its own), and links the checkpoint into that clone
-//! with [`RealStack::checkpoint_link_kdl`].
+//! with [`RealStack::checkpoint_link_kdl`]. [`RealStack::kohya_kdl`] does the
+//! same for sd-scripts' clone and venv (built on first use, by
+//! [`RealStack::kohya`]). Tests take [`serial`] first: they share the built
+//! folders and the machine's cores.
 //!
 //! The work folder is `$PLASMA_REAL_STACK_WORK`, else
 //! `<target>/tmp/realstack` (about 8 GB: the venv is 5.7 GB, torch's CUDA
@@ -30,7 +34,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::OnceLock;
+use std::sync::{Mutex, MutexGuard, OnceLock};
 use std::time::Instant;
 
 /// The built stack.
@@ -48,6 +52,19 @@ pub struct RealStack {
 }
 
 static BUILT: OnceLock<Option<RealStack>> = OnceLock::new();
+
+/// Whether sd-scripts' clone and venv are built (see [`RealStack::kohya`]).
+static KOHYA_BUILT: OnceLock<()> = OnceLock::new();
+
+static SERIAL: Mutex<()> = Mutex::new(());
+
+/// Held by a real-stack test while it runs: one at a time, as they share the
+/// built clones and venvs and the machine's cores.
+pub fn serial() -> MutexGuard<'static, ()> {
+    SERIAL
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
 
 /// The stack, built on first use in this test run; `None` (after printing
 /// why) when `PLASMA_REAL_STACK` is unset or incomplete. Panics, with
@@ -122,31 +139,38 @@ fn build() -> Option<RealStack> {
         built.venv_kdl("comfyui", "repo.comfyui"),
         built.checkpoint_kdl("sd15"),
     );
-    std::fs::write(built.work.join("plasma.kdl"), spec).unwrap();
+    built.apply_seconds = apply_fixture(&built.work, &spec);
+    Some(built)
+}
+
+/// Writes `spec` to `dir/plasma.kdl` and applies it with plasma; returns the
+/// seconds it took. Panics, with plasma's output, when the apply fails.
+fn apply_fixture(dir: &Path, spec: &str) -> f64 {
+    std::fs::create_dir_all(dir.join("home")).unwrap();
+    std::fs::write(dir.join("plasma.kdl"), spec).unwrap();
     let started = Instant::now();
     let out = Command::new(env!("CARGO_BIN_EXE_plasma"))
         .args(["apply", "--yes"])
-        .current_dir(&built.work)
-        .env("HOME", built.work.join("home"))
+        .current_dir(dir)
+        .env("HOME", dir.join("home"))
         .env("NO_COLOR", "1")
         .env_remove("PLASMA_LOG")
         .env_remove("PLASMA_PLATFORM")
         .output()
         .expect("plasma runs");
-    built.apply_seconds = started.elapsed().as_secs_f64();
+    let seconds = started.elapsed().as_secs_f64();
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     println!(
-        "realstack: `plasma apply` of {} took {:.1} s, exit {:?}\n{stdout}",
-        built.work.display(),
-        built.apply_seconds,
+        "realstack: `plasma apply` of {} took {seconds:.1} s, exit {:?}\n{stdout}",
+        dir.display(),
         out.status.code()
     );
     assert!(
         out.status.success(),
         "plasma could not build the real stack:\n{stdout}\n{stderr}"
     );
-    Some(built)
+    seconds
 }
 
 impl RealStack {
@@ -196,6 +220,73 @@ impl RealStack {
             python = self.python.display(),
             work = self.work.display(),
             wheels = self.stack.join("wheels").display(),
+        )
+    }
+
+    /// `service NAME`: the real ComfyUI from `repo.REPO` and `venv.VENV` on
+    /// the CPU, listening on 127.0.0.1:`port`, as a detached process.
+    pub fn comfyui_service_kdl(&self, name: &str, repo: &str, venv: &str, port: u16) -> String {
+        format!(
+            r#"
+service {name} {{
+    comfyui repo.{repo}
+    venv venv.{venv}
+    args "--cpu" "--listen" "127.0.0.1" "--port" "{port}" "--disable-auto-launch"
+    env {{ PYTORCH_ENABLE_MPS_FALLBACK "1"; }}
+    manager "process"
+    health {{ timeout "300s"; }}
+}}
+"#
+        )
+    }
+
+    /// Builds sd-scripts' clone and venv under the work folder the first
+    /// time a test asks (about 5 minutes), with plasma's own `apply` of
+    /// [`RealStack::kohya_kdl`]; `None` when the stack has no sd-scripts.
+    pub fn kohya(&self) -> Option<&Self> {
+        for needed in [
+            "git/sd-scripts.git",
+            "kohya-cache/openai_clip-vit-large-patch14",
+            "train/dataset/img/10_spyke",
+            "train/dataset/reg/1_person",
+        ] {
+            if !self.stack.join(needed).exists() {
+                println!("skipped: {} has no {needed}", self.stack.display());
+                return None;
+            }
+        }
+        KOHYA_BUILT.get_or_init(|| {
+            apply_fixture(&self.work.join("kohya-fixture"), &self.kohya_kdl());
+        });
+        Some(self)
+    }
+
+    /// `repo sd-scripts` (the stack's sd-scripts at 3e6935a) and `venv kohya`
+    /// (its `requirements.txt`, which ends in `-e .`, with torch 2.5.1 and
+    /// torchvision 0.20.1 from the stack's `wheels/`), at the work folder's
+    /// `sd-scripts/` and `kohya-venv/`.
+    pub fn kohya_kdl(&self) -> String {
+        format!(
+            r#"
+repo sd-scripts {{
+    url "file://{stack}/git/sd-scripts.git"
+    rev "3e6935a"
+    path "{work}/sd-scripts"
+}}
+
+venv kohya {{
+    path "{work}/kohya-venv"
+    python "{python}"
+    package torch "2.5.1"
+    package torchvision "0.20.1"
+    requirements "{work}/sd-scripts/requirements.txt"
+    find-links "{stack}/wheels"
+    depends-on repo.sd-scripts
+}}
+"#,
+            stack = self.stack.display(),
+            work = self.work.display(),
+            python = self.python.display(),
         )
     }
 
