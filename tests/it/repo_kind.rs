@@ -900,9 +900,9 @@ fn logging_git(sb: &Sandbox) -> (String, PathBuf) {
 /// A git smart-HTTP server on 127.0.0.1 (`git http-backend` behind Python's
 /// CGI server) that serves the fixture's repositories only to requests that
 /// carry `Authorization: Basic <expected>`, and logs each request's header.
-struct GitHttpServer {
+pub(crate) struct GitHttpServer {
     child: std::process::Child,
-    port: u16,
+    pub(crate) port: u16,
     log: PathBuf,
     _dir: tempfile::TempDir,
 }
@@ -915,7 +915,7 @@ impl Drop for GitHttpServer {
 }
 
 impl GitHttpServer {
-    fn start(project_root: &Path, expected_basic: &str) -> GitHttpServer {
+    pub(crate) fn start(project_root: &Path, expected_basic: &str) -> GitHttpServer {
         use std::io::BufRead;
         let dir = tempfile::tempdir().unwrap();
         let backend = dir.path().join("git/backend");
