@@ -79,7 +79,12 @@ pub fn load(spec_path: &Path, state_path: Option<&Path>) -> Result<Loaded, Engin
     let lock_path = crate::lock::path_beside(&spec.dir);
     let lock = Lock::read(&lock_path)?;
     let mut spec = spec;
-    crate::lockfile::hold(&mut spec, lock.as_ref().unwrap_or(&Lock::new()), &[], false);
+    crate::lockfile::hold(
+        &mut spec,
+        lock.as_ref().unwrap_or(&Lock::default()),
+        &[],
+        false,
+    );
     Ok(Loaded {
         spec,
         graph,
@@ -337,7 +342,7 @@ impl Plan {
             .iter()
             .map(|o| o.as_ref().and_then(|r| r.as_ref().ok()))
             .collect();
-        let old = loaded.lock.clone().unwrap_or_else(Lock::new);
+        let old = loaded.lock.clone().unwrap_or_default();
         self.lock = crate::lockfile::planned(&loaded.spec, &self, &observed, &old);
         self
     }

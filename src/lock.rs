@@ -27,8 +27,8 @@ pub const LOCK_FILE: &str = "plasma.lock";
 /// The format this plasma reads and writes.
 pub const LOCK_VERSION: u32 = 1;
 
-/// The whole lock.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+/// The whole lock. `Lock::default()` is an empty lock of the current version.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Lock {
     pub version: u32,
     #[serde(default)]
@@ -138,15 +138,19 @@ pub fn path_beside(spec_dir: &Path) -> PathBuf {
     spec_dir.join(LOCK_FILE)
 }
 
-impl Lock {
-    /// An empty lock of the current version.
-    pub fn new() -> Lock {
+impl Default for Lock {
+    fn default() -> Lock {
         Lock {
             version: LOCK_VERSION,
-            ..Lock::default()
+            venv: BTreeMap::new(),
+            repo: BTreeMap::new(),
+            custom_node: BTreeMap::new(),
+            model: BTreeMap::new(),
         }
     }
+}
 
+impl Lock {
     /// Reads `path`; `Ok(None)` when there is no lock. One file read and a
     /// TOML parse: cheap enough for every plan.
     pub fn read(path: &Path) -> Result<Option<Lock>, LockError> {
@@ -419,7 +423,7 @@ mod tests {
     use super::*;
 
     fn sample() -> Lock {
-        let mut lock = Lock::new();
+        let mut lock = Lock::default();
         lock.venv.insert(
             "comfy ui".into(),
             LockedVenv {
@@ -482,9 +486,15 @@ mod tests {
     #[test]
     fn newer_and_malformed_locks_are_clear_errors() {
         let newer = Lock::parse(Path::new("p.lock"), b"version = 2\n").unwrap_err();
-        assert!(newer.to_string().contains("newer than this plasma"), "{newer}");
+        assert!(
+            newer.to_string().contains("newer than this plasma"),
+            "{newer}"
+        );
         let broken = Lock::parse(Path::new("p.lock"), b"version = 1\n[venv.x\n").unwrap_err();
-        assert!(broken.to_string().contains("not a lock plasma can read"), "{broken}");
+        assert!(
+            broken.to_string().contains("not a lock plasma can read"),
+            "{broken}"
+        );
         let none = Lock::parse(Path::new("p.lock"), b"[repo]\n").unwrap_err();
         assert!(none.to_string().contains("no `version`"), "{none}");
     }
@@ -497,7 +507,7 @@ mod tests {
         let lines = changes(&old, &new);
         assert_eq!(lines.len(), 1);
         assert_eq!(lines[0].detail, "zeta 1.0 -> 1.1");
-        let lines = changes(&Lock::new(), &new);
+        let lines = changes(&Lock::default(), &new);
         assert!(lines.iter().any(|l| l.detail == "2 packages"), "{lines:?}");
     }
 }

@@ -66,8 +66,8 @@ pub fn hold(spec: &mut Spec, lock: &Lock, except: &[String], require_locked: boo
             venv.require_locked = require_locked;
             venv.locked = lock.venv.get(&name).filter(|_| !skip).cloned();
         } else if let Some(repo) = any.downcast_mut::<Repo>() {
-            repo.checkout.locked = checkout_commit(&repo.checkout, lock.repo.get(&name))
-                .filter(|_| !skip);
+            repo.checkout.locked =
+                checkout_commit(&repo.checkout, lock.repo.get(&name)).filter(|_| !skip);
         } else if let Some(node) = any.downcast_mut::<CustomNode>() {
             node.checkout.locked =
                 checkout_commit(&node.checkout, lock.custom_node.get(&name)).filter(|_| !skip);
@@ -270,7 +270,12 @@ pub fn planned(
                 continue;
             }
             if let Some(observation) = observation {
-                record_entry(&mut predicted, old, declared, &resource.outputs(observation));
+                record_entry(
+                    &mut predicted,
+                    old,
+                    declared,
+                    &resource.outputs(observation),
+                );
             }
         } else if !held {
             let listed = match declared.address.kind.as_str() {
@@ -388,9 +393,11 @@ fn resolve_venv(venv: &Venv) -> Result<crate::lock::LockedVenv, String> {
     let uv = match Installer::detect(InstallerChoice::Uv) {
         Ok(Installer::Uv { uv }) => uv,
         _ => {
-            return Err("`plasma lock` resolves venvs with uv, which is not on PATH; install uv, \
+            return Err(
+                "`plasma lock` resolves venvs with uv, which is not on PATH; install uv, \
                         or run `plasma apply`, which locks what it installs"
-                .into());
+                    .into(),
+            );
         }
     };
     let inputs = venv.lock_inputs().ok_or_else(|| {
@@ -448,7 +455,10 @@ fn resolve_venv(venv: &Venv) -> Result<crate::lock::LockedVenv, String> {
 /// A checkout's entry: the commit its rev names upstream now (one `git
 /// ls-remote`); a commit-hash rev is itself. Submodule commits come from
 /// the last apply when it checked out that same commit.
-fn resolve_checkout(checkout: &Checkout, prior: Option<&Outputs>) -> Result<LockedCheckout, String> {
+fn resolve_checkout(
+    checkout: &Checkout,
+    prior: Option<&Outputs>,
+) -> Result<LockedCheckout, String> {
     let rev = &checkout.rev.value;
     let resolved = checkout
         .git()

@@ -2,6 +2,7 @@
 
 use super::*;
 
+#[allow(clippy::too_many_arguments)]
 pub(super) async fn apply_spec(
     env: &Env,
     observe: &ObserveArgs,

@@ -1,7 +1,7 @@
 //! `plasma lock`, `--locked`, and writing the lock after an apply.
 
 use super::*;
-use crate::lock::{self, Lock};
+use crate::lock;
 use crate::lockfile::{self, Resolution};
 
 /// `--locked`: fails, naming each resource, when the lock does not match
@@ -33,7 +33,7 @@ pub(super) fn require_locked(loaded: &mut Loaded) -> Result<(), Failure> {
 /// After an apply (or a converged one): the lock with what was applied,
 /// written when it changed, its changes printed.
 pub(super) fn write_after_apply(loaded: &Loaded, state: &State) -> Result<(), Failure> {
-    let old = loaded.lock.clone().unwrap_or_else(Lock::new);
+    let old = loaded.lock.clone().unwrap_or_default();
     let new = lockfile::after_apply(&loaded.spec, state, &old);
     if loaded.lock.is_none() && new.is_empty() {
         return Ok(());
@@ -51,11 +51,7 @@ pub(super) fn write_after_apply(loaded: &Loaded, state: &State) -> Result<(), Fa
 }
 
 /// `plasma lock [--upgrade [ADDR…]] [--locked]`.
-pub(super) fn lock_command(
-    env: &Env,
-    upgrade: Option<Vec<String>>,
-    locked: bool,
-) -> CommandResult {
+pub(super) fn lock_command(env: &Env, upgrade: Option<Vec<String>>, locked: bool) -> CommandResult {
     let mut loaded = load(env)?;
     if locked {
         require_locked(&mut loaded)?;
@@ -79,7 +75,7 @@ pub(super) fn lock_command(
     if matches!(except.as_slice(), []) && std::env::args().any(|a| a == "--upgrade") {
         except.push("*".into());
     }
-    let old = loaded.lock.clone().unwrap_or_else(Lock::new);
+    let old = loaded.lock.clone().unwrap_or_default();
     lockfile::hold(&mut loaded.spec, &old, &except, false);
     let state = read_state(env, &loaded.state_file)?;
     let mut new = old.clone();

@@ -210,16 +210,24 @@ pub fn parse_pylock(text: &str) -> Result<Vec<ResolvedPackage>, PyError> {
         .unwrap_or_default();
     let mut out = Vec::new();
     for package in packages {
-        let str_of = |t: &toml::Value, key: &str| t.get(key).and_then(toml::Value::as_str).map(str::to_string);
+        let str_of = |t: &toml::Value, key: &str| {
+            t.get(key).and_then(toml::Value::as_str).map(str::to_string)
+        };
         let (Some(name), Some(version)) = (str_of(&package, "name"), str_of(&package, "version"))
         else {
             // A directory or VCS package may have no version: not lockable by version.
             let name = str_of(&package, "name").unwrap_or_default();
-            return Err(bad(format!("package `{name}` in uv's resolution has no version")));
+            return Err(bad(format!(
+                "package `{name}` in uv's resolution has no version"
+            )));
         };
         let mut hashes: Vec<String> = Vec::new();
         let mut urls: Vec<String> = Vec::new();
-        let wheels = package.get("wheels").and_then(toml::Value::as_array).cloned().unwrap_or_default();
+        let wheels = package
+            .get("wheels")
+            .and_then(toml::Value::as_array)
+            .cloned()
+            .unwrap_or_default();
         let artifacts = wheels
             .iter()
             .chain(package.get("sdist"))

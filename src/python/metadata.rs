@@ -123,8 +123,8 @@ fn site_packages_dirs(venv: &Path) -> Result<Vec<PathBuf>, PyError> {
 pub fn direct_urls(venv: &Path) -> Result<BTreeMap<String, String>, PyError> {
     let mut out = BTreeMap::new();
     for site_packages in site_packages_dirs(venv)? {
-        let entries =
-            std::fs::read_dir(&site_packages).map_err(|e| PyError::io("list", &site_packages, e))?;
+        let entries = std::fs::read_dir(&site_packages)
+            .map_err(|e| PyError::io("list", &site_packages, e))?;
         for entry in entries.flatten() {
             let file_name = entry.file_name();
             let Some(file_name) = file_name.to_str() else {
@@ -145,7 +145,9 @@ pub fn direct_urls(venv: &Path) -> Result<BTreeMap<String, String>, PyError> {
             let direct = match doc.get("vcs_info") {
                 Some(vcs) => format!(
                     "{}+{url}@{}",
-                    vcs.get("vcs").and_then(serde_json::Value::as_str).unwrap_or("git"),
+                    vcs.get("vcs")
+                        .and_then(serde_json::Value::as_str)
+                        .unwrap_or("git"),
                     vcs.get("commit_id")
                         .and_then(serde_json::Value::as_str)
                         .unwrap_or_default()

@@ -44,8 +44,8 @@ mod requirements;
 pub use check::Broken;
 pub use error::PyError;
 pub use installer::{IndexUrl, InstallLog, Installer, InstallerChoice, PackageSpec, Pin};
-pub use locked::{ExactRequirement, ResolveTarget, ResolvedPackage, parse_pylock, resolve_with_uv};
 pub use interpreter::{Interpreter, InterpreterSearch, PythonVersion, find_interpreter};
+pub use locked::{ExactRequirement, ResolveTarget, ResolvedPackage, parse_pylock, resolve_with_uv};
 pub use metadata::{ObservedVenv, VenvObservation, direct_urls, observe_venv, venv_python};
 pub use names::{normalize_name, redact_credentials, version_matches_pin};
 pub use requirements::{

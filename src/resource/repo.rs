@@ -918,7 +918,9 @@ impl Checkout {
                 let resolved = git.clone(url, path, &request).map_err(git_error)?;
                 log.line(&format!("checked out {}", resolved.commit));
                 if let Some(locked) = self.locked.as_ref().filter(|c| **c != resolved.commit) {
-                    log.line(&format!("{rev} moved since the lock: checking out locked {locked}"));
+                    log.line(&format!(
+                        "{rev} moved since the lock: checking out locked {locked}"
+                    ));
                     self.check_out_locked(git, path, locked)?;
                 }
                 return Ok(());

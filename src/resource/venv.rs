@@ -30,15 +30,14 @@ use serde_json::{Value, json};
 use super::custom_node::CustomNode;
 use super::{ApplyContext, Kind, ObserveContext, Others, Outputs, ResourceError};
 use crate::diagnostic::Problem;
-use crate::lock::{LockedPackage, LockedVenv};
 use crate::fsutil;
 use crate::lint::{self, Lint, LintContext};
+use crate::lock::{LockedPackage, LockedVenv};
 use crate::plan::{Action, Diff};
 use crate::python::{
     ExactRequirement, IndexUrl, InstallLog, Installer, InstallerChoice, InterpreterSearch,
-    ObservedVenv, PackageSpec,
-    Pin, PyError, Requested, VenvObservation, absolute_path, find_interpreter, normalize_name,
-    observe_venv, unmet, version_matches_pin,
+    ObservedVenv, PackageSpec, Pin, PyError, Requested, VenvObservation, absolute_path,
+    find_interpreter, normalize_name, observe_venv, unmet, version_matches_pin,
 };
 use crate::spec::Spanned;
 use crate::spec::reader::NodeReader;
@@ -416,7 +415,11 @@ impl Venv {
             "forbid": forbid,
             "requirements": files?,
         });
-        Some(blake3::hash(inputs.to_string().as_bytes()).to_hex().to_string())
+        Some(
+            blake3::hash(inputs.to_string().as_bytes())
+                .to_hex()
+                .to_string(),
+        )
     }
 
     /// The lock's entry while it still matches the spec's inputs.
@@ -1016,7 +1019,13 @@ impl Venv {
             .iter()
             .filter(|p| ours(&p.name))
             .filter(|p| installed.get(&p.name) != Some(&p.version))
-            .map(|p| (p.name.clone(), installed.get(&p.name).cloned(), p.version.clone()))
+            .map(|p| {
+                (
+                    p.name.clone(),
+                    installed.get(&p.name).cloned(),
+                    p.version.clone(),
+                )
+            })
             .collect();
         let not_locked = installed
             .iter()
@@ -1171,17 +1180,7 @@ impl Venv {
 
         let created_here = steps.create && !venv.exists();
         let outcome = (|| {
-            if steps.create {
-                let interpreter = match &self.python.value {
-                    PythonRequest::Version(v) => find_interpreter(v),
-                    PythonRequest::Path(p) => find_interpreter(&p.display().to_string()),
-                }
-                .map_err(py_error)?;
-                finish_step(installer.create_venv(&interpreter, venv), log)?;
-            }
-            if self.seed_pip {
-                finish_step(Installer::ensure_pip(venv), log)?;
-            }
+            self.make_venv(&installer, steps.create, log)?;
             finish_step(installer.uninstall(venv, &steps.uninstall), log)?;
             if steps.install_pins {
                 let mut with_restored = spec.clone();
@@ -1218,10 +1217,7 @@ impl Venv {
             overridden = done.overridden;
         }
         if steps.create || record.installer.is_none() {
-            record.installer = Some(match &installer {
-                Installer::Pip => RecordedInstaller::Pip,
-                Installer::Uv { uv } => RecordedInstaller::Uv { path: uv.clone() },
-            });
+            record.installer = Some(RecordedInstaller::of(&installer));
         }
         self.finish_install(&installer, record, log)?;
 
@@ -1238,7 +1234,39 @@ impl Venv {
     }
 }
 
+impl RecordedInstaller {
+    fn of(installer: &Installer) -> RecordedInstaller {
+        match installer {
+            Installer::Pip => RecordedInstaller::Pip,
+            Installer::Uv { uv } => RecordedInstaller::Uv { path: uv.clone() },
+        }
+    }
+}
+
 impl Venv {
+    /// Creates the venv (replacing one on another interpreter) when
+    /// `create`, then gives it pip when it should have it.
+    fn make_venv(
+        &self,
+        installer: &Installer,
+        create: bool,
+        log: &Path,
+    ) -> Result<(), ResourceError> {
+        let venv = self.path();
+        if create {
+            let interpreter = match &self.python.value {
+                PythonRequest::Version(v) => find_interpreter(v),
+                PythonRequest::Path(p) => find_interpreter(&p.display().to_string()),
+            }
+            .map_err(py_error)?;
+            finish_step(installer.create_venv(&interpreter, venv), log)?;
+        }
+        if self.seed_pip {
+            finish_step(Installer::ensure_pip(venv), log)?;
+        }
+        Ok(())
+    }
+
     /// Makes the venv hold exactly `entry`: created when `create`, then
     /// what is not in the lock removed (bootstrap packages kept) and every
     /// entry not installed at its version installed without dependencies.
@@ -1273,17 +1301,7 @@ impl Venv {
         );
         let created_here = create && !venv.exists();
         let outcome = (|| {
-            if create {
-                let interpreter = match &self.python.value {
-                    PythonRequest::Version(v) => find_interpreter(v),
-                    PythonRequest::Path(p) => find_interpreter(&p.display().to_string()),
-                }
-                .map_err(py_error)?;
-                finish_step(installer.create_venv(&interpreter, venv), log)?;
-            }
-            if self.seed_pip {
-                finish_step(Installer::ensure_pip(venv), log)?;
-            }
+            self.make_venv(&installer, create, log)?;
             let installed = installed_now(venv)?;
             let (_, not_locked) = self.against_lock(entry, &installed);
             let mut uninstall: Vec<String> = not_locked.into_iter().map(|(n, _)| n).collect();
@@ -1313,10 +1331,7 @@ impl Venv {
             .filter_map(|path| hash_file(&path).ok().flatten().map(|h| (path, h)))
             .collect();
         if create || record.installer.is_none() {
-            record.installer = Some(match &installer {
-                Installer::Pip => RecordedInstaller::Pip,
-                Installer::Uv { uv } => RecordedInstaller::Uv { path: uv.clone() },
-            });
+            record.installer = Some(RecordedInstaller::of(&installer));
         }
         self.finish_install(&installer, record, log)?;
         Ok(Outputs::new())
@@ -1354,7 +1369,19 @@ impl Kind for Venv {
 
     fn diff(&self, observed: &VenvObserved, _prior: Option<&ResourceState>) -> Diff {
         let Some(venv) = observed.present() else {
-            return self.creation_attributes(Diff::new(Action::Create, "the venv does not exist"));
+            let mut diff =
+                self.creation_attributes(Diff::new(Action::Create, "the venv does not exist"));
+            if let Some(entry) = self.locked.as_ref().filter(|_| observed.held) {
+                diff = diff.attribute(
+                    "packages",
+                    None,
+                    Some(format!(
+                        "{} exactly as plasma.lock lists them",
+                        crate::lock::packages_text(entry.packages.len())
+                    )),
+                );
+            }
+            return diff;
         };
         if let Some(found) = &observed.python_mismatch {
             let mut diff = Diff::new(
@@ -1431,7 +1458,11 @@ impl Kind for Venv {
             });
         }
         for (name, version) in &d.not_locked {
-            diff = diff.attribute(&format!("{name} (not in plasma.lock)"), Some(version.clone()), None);
+            diff = diff.attribute(
+                &format!("{name} (not in plasma.lock)"),
+                Some(version.clone()),
+                None,
+            );
         }
         if !d.not_locked.is_empty() {
             reasons.push(format!(

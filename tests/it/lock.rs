@@ -56,7 +56,11 @@ fn freeze(venv: &Path) -> String {
         .args(["-m", "pip", "freeze", "--disable-pip-version-check"])
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8(out.stdout).unwrap()
 }
 
@@ -65,7 +69,10 @@ fn output(run: &Run) -> String {
 }
 
 fn has_uv() -> bool {
-    Command::new("uv").arg("--version").output().is_ok_and(|o| o.status.success())
+    Command::new("uv")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success())
 }
 
 fn lock_toml(sb: &Sandbox) -> toml::Table {
@@ -116,11 +123,19 @@ fn a_second_machine_gets_the_locked_set_and_a_newer_release_waits_for_upgrade() 
     apply.code(0);
     assert_eq!(freeze(&b.path("venv")), freeze(&a.path("venv")));
     assert_eq!(venv_packages(&b.path("venv"))["helper"], "1.1");
-    assert_eq!(b.read("plasma.lock"), text, "applying from the lock rewrote it");
+    assert_eq!(
+        b.read("plasma.lock"),
+        text,
+        "applying from the lock rewrote it"
+    );
     b.run(&["plan", "--detailed-exitcode"]).code(0);
     let relock = b.run(&["lock"]);
     relock.code(0);
-    assert!(relock.stdout.contains("venv.app: locked (unchanged)"), "{}", relock.stdout);
+    assert!(
+        relock.stdout.contains("venv.app: locked (unchanged)"),
+        "{}",
+        relock.stdout
+    );
     assert_eq!(b.read("plasma.lock"), text);
 
     if !has_uv() {
@@ -130,14 +145,20 @@ fn a_second_machine_gets_the_locked_set_and_a_newer_release_waits_for_upgrade() 
     let upgrade = b.run(&["lock", "--upgrade", "venv.app"]);
     upgrade.code(0);
     assert!(
-        upgrade.stdout.contains("lock: ~ venv.app helper 1.1 -> 1.2"),
+        upgrade
+            .stdout
+            .contains("lock: ~ venv.app helper 1.1 -> 1.2"),
         "{}",
         output(&upgrade)
     );
     assert!(!b.read("plasma.lock").contains(SECRET));
     let plan = b.run(&["plan", "--detailed-exitcode"]);
     plan.code(2);
-    assert!(plan.stdout.contains("~ helper: 1.1 -> 1.2 (locked)"), "{}", plan.stdout);
+    assert!(
+        plan.stdout.contains("~ helper: 1.1 -> 1.2 (locked)"),
+        "{}",
+        plan.stdout
+    );
     b.run(&["apply", "--yes"]).code(0);
     assert_eq!(venv_packages(&b.path("venv"))["helper"], "1.2");
     b.run(&["plan", "--detailed-exitcode"]).code(0);
@@ -149,7 +170,11 @@ fn locked_fails_naming_what_is_out_of_date() {
     let sb = machine(&venv_spec(&index, "pip"));
     let none = sb.run(&["plan", "--locked"]);
     none.code(1);
-    assert!(none.stderr.contains("--locked: there is no"), "{}", none.stderr);
+    assert!(
+        none.stderr.contains("--locked: there is no"),
+        "{}",
+        none.stderr
+    );
     sb.run(&["apply", "--yes"]).code(0);
     sb.run(&["plan", "--locked", "--detailed-exitcode"]).code(0);
     sb.run(&["lock", "--locked"]).code(0);
@@ -176,7 +201,11 @@ fn locked_fails_naming_what_is_out_of_date() {
     // Without --locked, apply resolves the edit and updates the lock.
     let apply = sb.run(&["apply", "--yes"]);
     apply.code(0);
-    assert!(apply.stdout.contains("lock: + venv.app extra-dep 0.1"), "{}", apply.stdout);
+    assert!(
+        apply.stdout.contains("lock: + venv.app extra-dep 0.1"),
+        "{}",
+        apply.stdout
+    );
     sb.run(&["plan", "--locked"]).code(0);
 }
 
@@ -187,7 +216,14 @@ fn drift_is_measured_against_the_lock() {
     sb.run(&["apply", "--yes"]).code(0);
     // A package moves within the spec's range (helper>=1.0), by hand.
     let out = Command::new(venv_python(&sb.path("venv")))
-        .args(["-m", "pip", "install", "-q", "--disable-pip-version-check", "--index-url"])
+        .args([
+            "-m",
+            "pip",
+            "install",
+            "-q",
+            "--disable-pip-version-check",
+            "--index-url",
+        ])
         .arg(index.url())
         .arg("helper==1.0")
         .output()
@@ -201,7 +237,11 @@ fn drift_is_measured_against_the_lock() {
         drift.stdout
     );
     let plan = sb.run(&["plan"]);
-    assert!(plan.stdout.contains("~ helper: 1.0 -> 1.1 (locked)"), "{}", plan.stdout);
+    assert!(
+        plan.stdout.contains("~ helper: 1.0 -> 1.1 (locked)"),
+        "{}",
+        plan.stdout
+    );
     sb.run(&["apply", "--yes"]).code(0);
     assert_eq!(venv_packages(&sb.path("venv"))["helper"], "1.1");
     sb.run(&["drift"]).code(0);
@@ -222,7 +262,11 @@ fn the_plan_shows_what_apply_changes_in_the_lock() {
     let plan = sb.run(&["plan"]);
     plan.code(0);
     assert!(plan.stdout.contains("No changes"), "{}", plan.stdout);
-    assert!(plan.stdout.contains("lock: + venv.app 4 packages"), "{}", plan.stdout);
+    assert!(
+        plan.stdout.contains("lock: + venv.app 4 packages"),
+        "{}",
+        plan.stdout
+    );
     let json: serde_json::Value =
         serde_json::from_str(&sb.run(&["plan", "--json"]).stdout).unwrap();
     assert_eq!(json["lock"][0]["address"], "venv.app");
@@ -252,17 +296,24 @@ fn a_tag_moved_upstream_is_held_at_the_locked_commit_until_upgrade() {
     a.spec(&repo_spec(&fx.file_url()));
     a.run(&["apply", "--yes"]).code(0);
     let lock = lock_toml(&a);
-    assert_eq!(lock["repo"]["tool"]["commit"].as_str(), Some(fx.c1.as_str()));
+    assert_eq!(
+        lock["repo"]["tool"]["commit"].as_str(),
+        Some(fx.c1.as_str())
+    );
     assert_eq!(lock["repo"]["tool"]["rev"].as_str(), Some("v0.3.26"));
 
     // Upstream moves the tag to a later commit.
-    git(&fx.upstream, &["tag", "-f", "-a", "v0.3.26", "-m", "moved", &fx.c3]);
+    git(
+        &fx.upstream,
+        &["tag", "-f", "-a", "v0.3.26", "-m", "moved", &fx.c3],
+    );
     let b = Sandbox::new();
     b.spec(&repo_spec(&fx.file_url()));
     std::fs::write(b.path("plasma.lock"), a.read("plasma.lock")).unwrap();
     let plan = b.run(&["plan"]);
     assert!(
-        plan.stdout.contains(&format!("v0.3.26 held at locked {}", &fx.c1[..7])),
+        plan.stdout
+            .contains(&format!("v0.3.26 held at locked {}", &fx.c1[..7])),
         "{}",
         plan.stdout
     );
@@ -274,8 +325,15 @@ fn a_tag_moved_upstream_is_held_at_the_locked_commit_until_upgrade() {
 
     let upgrade = b.run(&["lock", "--upgrade", "repo.tool"]);
     upgrade.code(0);
-    assert!(upgrade.stdout.contains("lock: ~ repo.tool"), "{}", upgrade.stdout);
-    assert_eq!(lock_toml(&b)["repo"]["tool"]["commit"].as_str(), Some(fx.c3.as_str()));
+    assert!(
+        upgrade.stdout.contains("lock: ~ repo.tool"),
+        "{}",
+        upgrade.stdout
+    );
+    assert_eq!(
+        lock_toml(&b)["repo"]["tool"]["commit"].as_str(),
+        Some(fx.c3.as_str())
+    );
     b.run(&["apply", "--yes"]).code(0);
     assert_eq!(git(&b.path("tool"), &["rev-parse", "HEAD"]), fx.c3);
     let submodules = lock_toml(&b)["repo"]["tool"]["submodules"].clone();
@@ -313,7 +371,9 @@ venv app {{
     lock.code(0);
     let text = sb.read("plasma.lock");
     assert!(!text.contains(SECRET), "{text}");
-    let mac_wheel = index.wheel_dir().join("platlike-2.0-py3-none-macosx_11_0_arm64.whl");
+    let mac_wheel = index
+        .wheel_dir()
+        .join("platlike-2.0-py3-none-macosx_11_0_arm64.whl");
     let digest = {
         use sha2::Digest;
         hex::encode(sha2::Sha256::digest(std::fs::read(&mac_wheel).unwrap()))
@@ -330,9 +390,16 @@ venv app {{
         .find(|p| p["name"].as_str() == Some("platlike"))
         .expect("platlike locked");
     assert_eq!(plat["version"].as_str(), Some("2.0"), "{text}");
-    assert_eq!(plat["hashes"][0].as_str(), Some(format!("sha256:{digest}").as_str()));
+    assert_eq!(
+        plat["hashes"][0].as_str(),
+        Some(format!("sha256:{digest}").as_str())
+    );
     // The same spec on this Linux box would resolve 1.0: the lock is for the Mac.
-    sb.run_on("os=macos arch=aarch64 accelerator=mps", &["lock", "--locked"]).code(0);
+    sb.run_on(
+        "os=macos arch=aarch64 accelerator=mps",
+        &["lock", "--locked"],
+    )
+    .code(0);
 }
 
 #[test]
@@ -349,7 +416,10 @@ fn a_lock_holds_no_secret_from_index_or_git_urls() {
     let sb = machine(&format!(
         "{}\n{}",
         venv_spec(&index, "pip"),
-        repo_spec(&url).replace("    path \"tool\"\n", "    path \"tool\"\n    submodules #false\n")
+        repo_spec(&url).replace(
+            "    path \"tool\"\n",
+            "    path \"tool\"\n    submodules #false\n"
+        )
     ));
     let apply = sb.run(&["apply", "--yes"]);
     apply.code(0);
@@ -357,9 +427,15 @@ fn a_lock_holds_no_secret_from_index_or_git_urls() {
     let text = sb.read("plasma.lock");
     assert!(!text.contains(SECRET), "{text}");
     let lock = lock_toml(&sb);
-    assert_eq!(lock["repo"]["tool"]["commit"].as_str(), Some(fx.c1.as_str()));
+    assert_eq!(
+        lock["repo"]["tool"]["commit"].as_str(),
+        Some(fx.c1.as_str())
+    );
     assert!(
-        lock["repo"]["tool"]["url"].as_str().unwrap().starts_with("http://***@127.0.0.1:"),
+        lock["repo"]["tool"]["url"]
+            .as_str()
+            .unwrap()
+            .starts_with("http://***@127.0.0.1:"),
         "{text}"
     );
     let relock = sb.run(&["lock", "--upgrade", "repo.tool"]);
@@ -376,7 +452,8 @@ fn a_damaged_or_newer_lock_is_a_clear_error() {
     let run = sb.run(&["plan"]);
     run.code(1);
     assert!(
-        run.stderr.contains("plasma.lock is not a lock plasma can read")
+        run.stderr
+            .contains("plasma.lock is not a lock plasma can read")
             && run.stderr.contains("run `plasma lock`"),
         "{}",
         run.stderr
@@ -385,9 +462,140 @@ fn a_damaged_or_newer_lock_is_a_clear_error() {
     let run = sb.run(&["apply", "--yes"]);
     run.code(1);
     assert!(
-        run.stderr.contains("has lock format version 7, newer than this plasma reads (version 1)"),
+        run.stderr
+            .contains("has lock format version 7, newer than this plasma reads (version 1)"),
         "{}",
         run.stderr
     );
     assert!(!sb.path("a.txt").exists());
+}
+
+/// The real ComfyUI v0.3.27 venv (requirements from the real clone's tag,
+/// torch from the real stack's wheels as find-links, the pins setup.sh
+/// needs today), applied on one machine, then rebuilt from the lock on a
+/// second: `pip freeze` byte for byte. Runs only with
+/// `PLASMA_REAL_STACK=<folder built by shared/real-stack/setup.sh>`;
+/// downloads the rest from PyPI.
+#[test]
+fn real_comfyui_venv_is_locked_and_rebuilt_from_the_lock() {
+    let Some(stack) = std::env::var_os("PLASMA_REAL_STACK").map(std::path::PathBuf::from) else {
+        println!(
+            "skipped: PLASMA_REAL_STACK is not set (a folder built by shared/real-stack/setup.sh)"
+        );
+        return;
+    };
+    if !has_uv() {
+        println!("skipped: uv is not on PATH (scripts/test.sh installs it)");
+        return;
+    }
+    let requirements = git(
+        &stack.join("git/ComfyUI.git"),
+        &["show", "v0.3.27:requirements.txt"],
+    ) + "\nrequests\n";
+    let spec = format!(
+        r#"
+venv comfy {{
+    path "venv"
+    python "3.11"
+    package torch "2.5.1"
+    package torchvision "0.20.1"
+    package torchaudio "2.5.1"
+    package comfyui-frontend-package "1.14.6"
+    package transformers "4.50.3"
+    requirements "requirements.txt"
+    find-links "{wheels}"
+    installer "uv"
+    seed-pip #true
+}}
+"#,
+        wheels = stack.join("wheels").display()
+    );
+    // The machine's own uv cache, shared by both machines as a CI cache
+    // would be: uv hardlinks from it, so the two torch venvs (5.7 GB each
+    // when copied) cost little disk.
+    let cache = std::env::var_os("UV_CACHE_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| {
+            std::path::PathBuf::from(std::env::var_os("HOME").expect("HOME is set"))
+                .join(".cache/uv")
+        });
+    let run = |sb: &Sandbox, args: &[&str]| {
+        let started = std::time::Instant::now();
+        let out = sb
+            .command(args)
+            .env("UV_CACHE_DIR", &cache)
+            .output()
+            .expect("plasma runs");
+        let run = Run {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        };
+        println!(
+            "plasma {}: {:.1}s",
+            args.join(" "),
+            started.elapsed().as_secs_f64()
+        );
+        run
+    };
+    let a = Sandbox::new();
+    a.spec(&spec);
+    a.write("requirements.txt", &requirements);
+    run(&a, &["apply", "--yes"]).code(0);
+    let lock = a.read("plasma.lock");
+    let table: toml::Table = toml::from_str(&lock).unwrap();
+    let packages = table["venv"]["comfy"]["packages"].as_array().unwrap();
+    println!("machine A locked {} packages", packages.len());
+    let version = |name: &str| {
+        packages
+            .iter()
+            .find(|p| p["name"].as_str() == Some(name))
+            .and_then(|p| p["version"].as_str())
+            .map(str::to_string)
+    };
+    assert_eq!(version("torch").as_deref(), Some("2.5.1"));
+    assert_eq!(version("transformers").as_deref(), Some("4.50.3"));
+    assert!(
+        version("numpy").is_some() && version("aiohttp").is_some(),
+        "{lock}"
+    );
+    run(&a, &["plan", "--detailed-exitcode", "--locked"]).code(0);
+
+    let b = Sandbox::new();
+    b.spec(&spec);
+    b.write("requirements.txt", &requirements);
+    std::fs::write(b.path("plasma.lock"), &lock).unwrap();
+    run(&b, &["apply", "--yes", "--locked"]).code(0);
+    let (freeze_a, freeze_b) = (freeze(&a.path("venv")), freeze(&b.path("venv")));
+    println!(
+        "pip freeze: {} lines on A, {} on B, identical: {}",
+        freeze_a.lines().count(),
+        freeze_b.lines().count(),
+        freeze_a == freeze_b
+    );
+    assert_eq!(freeze_a, freeze_b);
+    assert_eq!(b.read("plasma.lock"), lock);
+    run(&b, &["plan", "--detailed-exitcode"]).code(0);
+
+    // Resolving the same spec without applying (uv, with hashes).
+    let relock = run(&a, &["lock", "--upgrade", "venv.comfy"]);
+    relock.code(0);
+    let moved = relock
+        .stdout
+        .lines()
+        .filter(|l| l.starts_with("lock: ~"))
+        .count();
+    println!("plasma lock --upgrade: {moved} packages moved since the apply");
+    let hashed: toml::Table = toml::from_str(&a.read("plasma.lock")).unwrap();
+    let torch = hashed["venv"]["comfy"]["packages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"].as_str() == Some("torch"))
+        .cloned()
+        .unwrap();
+    assert!(
+        torch["hashes"][0].as_str().unwrap().starts_with("sha256:"),
+        "{torch}"
+    );
 }
