@@ -215,17 +215,19 @@ fn retain_declared(lock: &mut Lock, spec: &Spec) {
     lock.model.retain(|n, _| has("model", n));
 }
 
-/// The lock after an apply: every lockable resource that state shows
-/// applied (or found converged) under the current spec gets its entry as
-/// it stands; the others (failed, skipped, not targeted) keep theirs.
-pub fn after_apply(spec: &Spec, state: &State, old: &Lock) -> Lock {
+/// The lock after an apply: every lockable resource that `done` says this
+/// run applied or found converged (by address) gets its entry as it stands,
+/// from state's outputs; the others (failed, skipped, not targeted) keep
+/// theirs.
+pub fn after_apply(spec: &Spec, state: &State, old: &Lock, done: &dyn Fn(&str) -> bool) -> Lock {
     let mut lock = old.clone();
     lock.version = crate::lock::LOCK_VERSION;
     for declared in &spec.resources {
-        if !lockable(declared.resource.as_ref()) {
+        let address = declared.address.to_string();
+        if !lockable(declared.resource.as_ref()) || !done(&address) {
             continue;
         }
-        let Some(entry) = state.resources.get(&declared.address.to_string()) else {
+        let Some(entry) = state.resources.get(&address) else {
             continue;
         };
         let current = crate::apply::digest_of(&declared.resource.desired());

@@ -46,7 +46,7 @@ pub(super) async fn apply_spec(
         if apply::record_converged(&loaded, &plan, &observations, &mut state) {
             loaded.state_file.save(&mut state)?;
         }
-        super::lock::write_after_apply(&loaded, &state)?;
+        super::lock::write_after_apply(&loaded, &state, &plan, &[])?;
         return Ok(EXIT_OK);
     }
     // Before anything changes (and before asking): the state must be writable.
@@ -270,7 +270,13 @@ async fn run_apply(
     let printer = Printer { style: env.style };
     println!();
     let report = apply::run(loaded, plan, observations, &mut state, options, &printer).await?;
-    super::lock::write_after_apply(loaded, &state)?;
+    let applied: Vec<&str> = report
+        .outcomes
+        .iter()
+        .filter(|(_, o)| matches!(o, Outcome::Applied { .. }))
+        .map(|(address, _)| address.as_str())
+        .collect();
+    super::lock::write_after_apply(loaded, &state, plan, &applied)?;
     let applied = report
         .outcomes
         .iter()

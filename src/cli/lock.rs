@@ -30,11 +30,23 @@ pub(super) fn require_locked(loaded: &mut Loaded) -> Result<(), Failure> {
     Ok(())
 }
 
-/// After an apply (or a converged one): the lock with what was applied,
-/// written when it changed, its changes printed.
-pub(super) fn write_after_apply(loaded: &Loaded, state: &State) -> Result<(), Failure> {
+/// After an apply (or a converged one): the lock with what `plan` found
+/// converged and `applied` names, written when it changed, its changes
+/// printed.
+pub(super) fn write_after_apply(
+    loaded: &Loaded,
+    state: &State,
+    plan: &Plan,
+    applied: &[&str],
+) -> Result<(), Failure> {
     let old = loaded.lock.clone().unwrap_or_default();
-    let new = lockfile::after_apply(&loaded.spec, state, &old);
+    let done = |address: &str| {
+        applied.contains(&address)
+            || plan
+                .get(address)
+                .is_some_and(|c| c.diff.action == Action::NoOp)
+    };
+    let new = lockfile::after_apply(&loaded.spec, state, &old, &done);
     if loaded.lock.is_none() && new.is_empty() {
         return Ok(());
     }
@@ -58,8 +70,13 @@ pub(super) fn lock_command(env: &Env, upgrade: Option<Vec<String>>, locked: bool
         println!("{} is up to date.", loaded.lock_path.display());
         return Ok(EXIT_OK);
     }
-    let mut except = upgrade.unwrap_or_default();
-    for address in &except {
+    // `--upgrade` with no address moves every entry.
+    let except = match upgrade {
+        Some(addresses) if addresses.is_empty() => vec!["*".to_string()],
+        Some(addresses) => addresses,
+        None => Vec::new(),
+    };
+    for address in except.iter().filter(|a| *a != "*") {
         let known = loaded
             .spec
             .resources
@@ -71,9 +88,6 @@ pub(super) fn lock_command(env: &Env, upgrade: Option<Vec<String>>, locked: bool
                 loaded.spec.path.display()
             )));
         }
-    }
-    if matches!(except.as_slice(), []) && std::env::args().any(|a| a == "--upgrade") {
-        except.push("*".into());
     }
     let old = loaded.lock.clone().unwrap_or_default();
     lockfile::hold(&mut loaded.spec, &old, &except, false);

@@ -422,10 +422,26 @@ impl Venv {
         )
     }
 
-    /// The lock's entry while it still matches the spec's inputs.
+    /// The lock's entry while it still matches the spec's inputs, and no
+    /// file the last install read through `-r`/`-c` changed since (an
+    /// include's path is the machine's, so it is not in the digest).
     pub fn held(&self) -> Option<&LockedVenv> {
         let locked = self.locked.as_ref()?;
-        (Some(&locked.inputs) == self.lock_inputs().as_ref()).then_some(locked)
+        if Some(&locked.inputs) != self.lock_inputs().as_ref() {
+            return None;
+        }
+        if let Some(record) = read_record(self.path()) {
+            let own = self.requirement_paths();
+            let edited = record
+                .requirements
+                .iter()
+                .filter(|(path, _)| !own.contains(path))
+                .any(|(path, digest)| hash_file(path).ok().flatten().as_ref() != Some(digest));
+            if edited {
+                return None;
+            }
+        }
+        Some(locked)
     }
 
     /// This venv's lock entry as it stands after an apply: the recorded
@@ -945,12 +961,10 @@ impl Venv {
         let mut install_requirements = false;
         let record = observed.record.as_ref();
         let (locked, not_locked) = match self.locked.as_ref().filter(|_| observed.held) {
-            Some(entry) => self.against_lock(entry, installed),
+            Some(entry) => self.against_lock(entry, installed, record),
             None => (Vec::new(), Vec::new()),
         };
-        if observed.held {
-            // The lock says what the venv holds; its inputs match the files.
-        } else if let Some(record) = record {
+        if let Some(record) = record {
             // Pinned and forbidden packages are reported above, not twice.
             let ours = |name: &String| !self.is_pinned(name) && !self.is_forbidden(name);
             for (name, version) in installed.iter().filter(|(n, _)| ours(n)) {
@@ -1004,20 +1018,27 @@ impl Venv {
         }
     }
 
-    /// What the installed set lacks of the lock, and what it has beyond it
-    /// (bootstrap packages aside); pinned and forbidden packages are
-    /// reported as such, not twice.
+    /// What the installed set lacks of the lock (entries at another
+    /// version, or missing), and, for a venv plasma has no record of, what
+    /// it has beyond it (bootstrap packages aside). A package the record
+    /// shows changed outside plasma is reported as that, and one plasma
+    /// installed since the lock was written (a custom node's) is plasma's:
+    /// it joins the lock at the end of the apply. Pinned and forbidden
+    /// packages are reported as such, not twice.
     #[allow(clippy::type_complexity)]
     fn against_lock(
         &self,
         entry: &LockedVenv,
         installed: &BTreeMap<String, String>,
+        record: Option<&Record>,
     ) -> (Vec<(String, Option<String>, String)>, Vec<(String, String)>) {
         let ours = |name: &String| !self.is_pinned(name) && !self.is_forbidden(name);
+        let as_recorded =
+            |name: &String| record.is_none_or(|r| r.installed.get(name) == installed.get(name));
         let locked = entry
             .packages
             .iter()
-            .filter(|p| ours(&p.name))
+            .filter(|p| ours(&p.name) && as_recorded(&p.name))
             .filter(|p| installed.get(&p.name) != Some(&p.version))
             .map(|p| {
                 (
@@ -1029,6 +1050,7 @@ impl Venv {
             .collect();
         let not_locked = installed
             .iter()
+            .filter(|_| record.is_none())
             .filter(|(name, _)| ours(name) && !BOOTSTRAP.contains(&name.as_str()))
             .filter(|(name, _)| !entry.packages.iter().any(|p| &&p.name == name))
             .map(|(n, v)| (n.clone(), v.clone()))
@@ -1303,9 +1325,21 @@ impl Venv {
         let outcome = (|| {
             self.make_venv(&installer, create, log)?;
             let installed = installed_now(venv)?;
-            let (_, not_locked) = self.against_lock(entry, &installed);
-            let mut uninstall: Vec<String> = not_locked.into_iter().map(|(n, _)| n).collect();
-            uninstall.extend(installed.keys().filter(|n| self.is_forbidden(n)).cloned());
+            // What the lock does not list goes, except bootstrap packages
+            // and what custom nodes put there (they install it again).
+            let record = read_record(venv).unwrap_or_default();
+            let contributed = |name: &str| {
+                record.contributions.values().any(|c| {
+                    c.script_installed.contains_key(name)
+                        || c.requested.iter().any(|r| r.name == name)
+                })
+            };
+            let uninstall: Vec<String> = installed
+                .keys()
+                .filter(|name| !BOOTSTRAP.contains(&name.as_str()) && !contributed(name))
+                .filter(|name| !entry.packages.iter().any(|p| &p.name == *name))
+                .cloned()
+                .collect();
             finish_step(installer.uninstall(venv, &uninstall), log)?;
             let wanted = entry
                 .packages
@@ -1325,11 +1359,11 @@ impl Venv {
             return Err(e);
         }
         let mut record = read_record(venv).unwrap_or_default();
-        record.requirements = self
-            .requirement_paths()
-            .into_iter()
-            .filter_map(|path| hash_file(&path).ok().flatten().map(|h| (path, h)))
-            .collect();
+        for path in self.requirement_paths() {
+            if let Some(digest) = hash_file(&path)? {
+                record.requirements.insert(path, digest);
+            }
+        }
         if create || record.installer.is_none() {
             record.installer = Some(RecordedInstaller::of(&installer));
         }
@@ -1432,7 +1466,16 @@ impl Kind for Venv {
                 None,
             );
         }
+        let held = self.locked.as_ref().filter(|_| observed.held);
         for (name, found, recorded) in &d.moved {
+            if let Some(p) = held.and_then(|e| e.packages.iter().find(|p| &p.name == name)) {
+                reasons.push(format!(
+                    "{name}: {} -> {} (locked {})",
+                    p.version,
+                    found.as_deref().unwrap_or("removed"),
+                    p.version
+                ));
+            }
             let label = match found {
                 Some(_) => format!("{name} (changed outside plasma)"),
                 None => format!("{name} (removed outside plasma)"),

@@ -238,7 +238,8 @@ fn drift_is_measured_against_the_lock() {
     );
     let plan = sb.run(&["plan"]);
     assert!(
-        plan.stdout.contains("~ helper: 1.0 -> 1.1 (locked)"),
+        plan.stdout
+            .contains("~ helper (changed outside plasma): 1.0 -> 1.1"),
         "{}",
         plan.stdout
     );
@@ -597,5 +598,82 @@ venv comfy {{
     assert!(
         torch["hashes"][0].as_str().unwrap().starts_with("sha256:"),
         "{torch}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_model_trusted_on_first_use_is_locked_to_that_digest() {
+    use crate::support::httpfix::{HttpFixture, Route, safetensors_file};
+    let first = safetensors_file(4096, 1);
+    let server = HttpFixture::new()
+        .route("/m.safetensors", Route::new(first.clone()))
+        .start()
+        .await;
+    let spec = format!(
+        "model m {{\n    url \"{}\"\n    path \"models/m.safetensors\"\n}}\n",
+        server.url("/m.safetensors")
+    );
+    let a = Sandbox::new();
+    a.spec(&spec);
+    a.run(&["apply", "--yes"]).code(0);
+    let digest = {
+        use sha2::Digest;
+        hex::encode(sha2::Sha256::digest(&first))
+    };
+    assert_eq!(
+        lock_toml(&a)["model"]["m"]["sha256"].as_str(),
+        Some(digest.as_str())
+    );
+
+    // The server now sends other bytes: a second machine with the lock refuses them.
+    server.replace_route("/m.safetensors", Route::new(safetensors_file(4096, 2)));
+    let b = Sandbox::new();
+    b.spec(&spec);
+    std::fs::write(b.path("plasma.lock"), a.read("plasma.lock")).unwrap();
+    let apply = b.run(&["apply", "--yes"]);
+    apply.code(1);
+    assert!(!b.path("models/m.safetensors").exists());
+    assert!(output(&apply).contains(&digest[..12]), "{}", output(&apply));
+}
+
+#[test]
+fn plasma_lock_says_what_it_cannot_resolve() {
+    let index = PyIndex::serve(&wheels());
+    let sb = Sandbox::new();
+    sb.spec(&venv_spec(&index, "pip"));
+    let unknown = sb.run(&["lock", "--upgrade", "venv.nope"]);
+    unknown.code(1);
+    assert!(
+        unknown
+            .stderr
+            .contains("--upgrade venv.nope: no such resource"),
+        "{}",
+        unknown.stderr
+    );
+    // Without uv on PATH, a venv cannot be resolved without applying it.
+    let mut cmd = sb.command(&["lock"]);
+    cmd.env("PATH", "/usr/bin:/bin");
+    let out = cmd.output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("`plasma lock` resolves venvs with uv, which is not on PATH"),
+        "{stderr}"
+    );
+    assert!(!sb.path("plasma.lock").exists());
+    if !has_uv() {
+        println!("skipped the missing-file half: uv is not on PATH");
+        return;
+    }
+    // requirements.txt is not there yet (a clone would bring it).
+    let missing = sb.run(&["lock"]);
+    missing.code(1);
+    assert!(
+        missing
+            .stderr
+            .contains("venv.app: cannot read its requirements file")
+            && missing.stderr.contains("requirements.txt yet"),
+        "{}",
+        missing.stderr
     );
 }
