@@ -72,7 +72,8 @@ pub struct LockedPackage {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source: Option<String>,
     /// A URL or path to install it from instead of an index (`name @ url`):
-    /// set for path, archive and VCS installs.
+    /// set for path, archive and VCS installs; `-e file://path` for an
+    /// editable one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub direct: Option<String>,
     /// `sha256:<hex>` of every artifact the resolver listed for this

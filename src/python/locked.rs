@@ -17,7 +17,8 @@ use crate::redact::redact_url;
 pub struct ExactRequirement {
     pub name: String,
     pub version: String,
-    /// Install from this URL (`name @ url`) instead of an index.
+    /// Install from this URL (`name @ url`) instead of an index;
+    /// `-e file://path` for an editable install.
     pub direct: Option<String>,
     /// `sha256:<hex>` values the artifact must match (any one of them).
     pub hashes: Vec<String>,
@@ -30,6 +31,7 @@ impl ExactRequirement {
     /// `--hash` options when `with_hashes`.
     fn line(&self, with_hashes: bool) -> String {
         let mut line = match &self.direct {
+            Some(editable) if editable.starts_with("-e ") => return editable.clone(),
             Some(url) => format!("{} @ {url}", self.name),
             None => format!("{}=={}", self.name, self.version),
         };
@@ -323,5 +325,11 @@ wheels = [{ url = "file:///wheels/local-1.0-py3-none-any.whl", hashes = { sha256
         };
         assert_eq!(r.line(false), "helper==1.0");
         assert_eq!(r.line(true), "helper==1.0 --hash=sha256:aa");
+        let editable = ExactRequirement {
+            direct: Some("-e file:///src/library".into()),
+            hashes: Vec::new(),
+            ..r
+        };
+        assert_eq!(editable.line(false), "-e file:///src/library");
     }
 }

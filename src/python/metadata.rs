@@ -118,7 +118,8 @@ fn site_packages_dirs(venv: &Path) -> Result<Vec<PathBuf>, PyError> {
 
 /// Where each distribution installed from a path, an archive URL or a VCS
 /// came from, as its `direct_url.json` says (PEP 610): normalised name ->
-/// `git+URL@commit`, the URL, or `file://path`. Index installs have no such
+/// `git+URL@commit`, the URL, or `file://path` (`-e file://path` for an
+/// editable install, as a requirements file writes it). Index installs have no such
 /// file and are absent. Files only; URLs as written (redact before showing).
 pub fn direct_urls(venv: &Path) -> Result<BTreeMap<String, String>, PyError> {
     let mut out = BTreeMap::new();
@@ -152,6 +153,13 @@ pub fn direct_urls(venv: &Path) -> Result<BTreeMap<String, String>, PyError> {
                         .and_then(serde_json::Value::as_str)
                         .unwrap_or_default()
                 ),
+                None if doc
+                    .pointer("/dir_info/editable")
+                    .and_then(serde_json::Value::as_bool)
+                    == Some(true) =>
+                {
+                    format!("-e {url}")
+                }
                 None => url.to_string(),
             };
             if let Some((name, _)) = read_name_and_version(&entry.path().join("METADATA")) {

@@ -482,10 +482,13 @@ impl Venv {
                     return p.clone();
                 }
                 let direct = direct.get(name).map(|u| crate::redact::redact_url(u));
+                let source = direct
+                    .as_deref()
+                    .map(|d| d.trim_start_matches("-e ").to_string());
                 LockedPackage {
                     name: name.clone(),
                     version: version.clone(),
-                    source: direct.clone().or_else(|| self.index_of(name)),
+                    source: source.or_else(|| self.index_of(name)),
                     direct,
                     hashes: Vec::new(),
                 }

@@ -677,3 +677,40 @@ fn plasma_lock_says_what_it_cannot_resolve() {
         missing.stderr
     );
 }
+
+#[test]
+fn an_editable_install_is_locked_and_rebuilt_as_editable() {
+    let index = PyIndex::serve(&wheels());
+    let sb = machine(&venv_spec(&index, "pip"));
+    crate::support::pyfix::local_project(&sb.path("src/library"), "library", "0.0.0", &[]);
+    sb.write("requirements.txt", "-e ./src/library\nhelper\n");
+    sb.run(&["apply", "--yes"]).code(0);
+    let text = sb.read("plasma.lock");
+    let project = sb.path("src/library").display().to_string();
+    assert!(
+        text.contains(&format!("direct = \"-e file://{project}\"")),
+        "{text}"
+    );
+    let before = freeze(&sb.path("venv"));
+    // The venv is lost; apply rebuilds it from the lock, editable again.
+    std::fs::remove_dir_all(sb.path("venv")).unwrap();
+    let apply = sb.run(&["apply", "--yes", "--locked"]);
+    apply.code(0);
+    assert!(
+        apply
+            .stdout
+            .contains("packages exactly as plasma.lock lists them"),
+        "{}",
+        apply.stdout
+    );
+    assert_eq!(freeze(&sb.path("venv")), before);
+    let out = Command::new(venv_python(&sb.path("venv")))
+        .args(["-c", "import library; print(library.__file__)"])
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&out.stdout).starts_with(&project),
+        "{out:?}"
+    );
+    assert_eq!(sb.read("plasma.lock"), text);
+}
