@@ -144,7 +144,38 @@ fn venv_section(count: usize) {
         let out = plasma(dir.path(), &["plan", "--detailed-exitcode"]);
         assert_eq!(out.status.code(), Some(0), "the venv is converged");
     });
-    report("venv: converged `plasma plan` (whole process)", &plan);
+    report(
+        "venv: converged `plasma plan` (whole process, held to plasma.lock)",
+        &plan,
+    );
+    // The lock: reading it (one file, one TOML parse) and the converged plan
+    // without it, to show what holding to it costs.
+    let lock_path = dir.path().join("plasma.lock");
+    let locked = plasma::lock::Lock::read(&lock_path)
+        .unwrap()
+        .expect("apply wrote plasma.lock");
+    let read = sample(50, || {
+        plasma::lock::Lock::read(&lock_path).unwrap().unwrap();
+    });
+    report(
+        &format!(
+            "lock: read and parse plasma.lock ({} packages, {} bytes)",
+            locked.venv["bench"].packages.len(),
+            std::fs::metadata(&lock_path).unwrap().len()
+        ),
+        &read,
+    );
+    let aside = dir.path().join("plasma.lock.aside");
+    std::fs::rename(&lock_path, &aside).unwrap();
+    let unlocked = sample(10, || {
+        let out = plasma(dir.path(), &["plan", "--detailed-exitcode"]);
+        assert_eq!(out.status.code(), Some(0), "the venv is converged");
+    });
+    std::fs::rename(&aside, &lock_path).unwrap();
+    report(
+        "lock: converged `plasma plan` with no plasma.lock (the plan then lists the lock's new entry)",
+        &unlocked,
+    );
     // pip needs pip in the venv: a uv-made venv has none, so use the base pip on it.
     let pip_freeze = sample(5, || {
         let out = Command::new("python3")

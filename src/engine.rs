@@ -9,6 +9,7 @@ use crate::diagnostic::{Problem, SpecErrors};
 use crate::graph::Graph;
 use crate::hashcache::HashCache;
 use crate::lint;
+use crate::lock::Lock;
 use crate::plan::{
     Action, Diff, PLAN_FORMAT, Plan, PlanBasis, PlanError, PlanWarning, PlannedChange,
 };
@@ -25,6 +26,8 @@ pub enum EngineError {
     Load(#[from] spec::LoadError),
     #[error(transparent)]
     State(#[from] crate::state::StateError),
+    #[error(transparent)]
+    Lock(#[from] crate::lock::LockError),
     #[error("{0}")]
     Other(String),
 }
@@ -43,6 +46,10 @@ pub struct Loaded {
     pub state_file: StateFile,
     /// File digests by file identity (`.plasma/hash-cache.json`).
     pub hashes: HashCache,
+    /// `plasma.lock` beside the spec.
+    pub lock_path: PathBuf,
+    /// Its content; `None` when there is none yet.
+    pub lock: Option<Lock>,
 }
 
 /// Load, resolve and lint. Lint errors fail like load errors; warnings are returned.
@@ -69,12 +76,23 @@ pub fn load(spec_path: &Path, state_path: Option<&Path>) -> Result<Loaded, Engin
         None => StateFile::beside(&spec.dir),
     };
     let hashes = HashCache::load(&state_file.dir().join("hash-cache.json"));
+    let lock_path = crate::lock::path_beside(&spec.dir);
+    let lock = Lock::read(&lock_path)?;
+    let mut spec = spec;
+    crate::lockfile::hold(
+        &mut spec,
+        lock.as_ref().unwrap_or(&Lock::default()),
+        &[],
+        false,
+    );
     Ok(Loaded {
         spec,
         graph,
         warnings,
         state_file,
         hashes,
+        lock_path,
+        lock,
     })
 }
 
@@ -309,9 +327,28 @@ pub fn make_plan(
             state_serial: state.map_or(0, |s| s.serial),
         },
         summary: Plan::summarise(&changes),
+        lock: Vec::new(),
         changes,
         errors,
         warnings,
+    }
+    .with_lock(loaded, observations)
+}
+
+impl Plan {
+    /// Adds the lock section: what apply changes in `plasma.lock`.
+    fn with_lock(
+        mut self,
+        loaded: &Loaded,
+        observations: &[Option<Result<Observation, ResourceError>>],
+    ) -> Plan {
+        let observed: Vec<Option<&Observation>> = observations
+            .iter()
+            .map(|o| o.as_ref().and_then(|r| r.as_ref().ok()))
+            .collect();
+        let old = loaded.lock.clone().unwrap_or_default();
+        self.lock = crate::lockfile::planned(&loaded.spec, &self, &observed, &old);
+        self
     }
 }
 

@@ -21,6 +21,8 @@ pub mod hashcache;
 pub mod hashing;
 pub mod kohya;
 pub mod lint;
+pub mod lock;
+pub mod lockfile;
 pub mod logfile;
 pub mod pin;
 pub mod plan;

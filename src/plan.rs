@@ -204,6 +204,9 @@ pub struct Plan {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub warnings: Vec<PlanWarning>,
     pub summary: Summary,
+    /// What apply changes in `plasma.lock`, one line per entry or package.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub lock: Vec<crate::lock::LockChange>,
 }
 
 impl Plan {

@@ -75,6 +75,7 @@ pub fn plan(plan: &Plan, style: Style) -> String {
             out.push_str(&style.green("No changes. The machine matches plasma.kdl."));
             out.push('\n');
         }
+        lock_section(&mut out, plan, style);
         return out;
     }
 
@@ -142,8 +143,26 @@ pub fn plan(plan: &Plan, style: Style) -> String {
             let _ = writeln!(out, "      {} {warning}", style.yellow("!"));
         }
     }
+    lock_section(&mut out, plan, style);
     let _ = writeln!(out, "\n{}", style.bold(&summary_line(&plan.summary)));
     out
+}
+
+/// `lock: + venv.comfyui 143 packages`, one line per change to plasma.lock.
+fn lock_section(out: &mut String, plan: &Plan, style: Style) {
+    if plan.lock.is_empty() {
+        return;
+    }
+    out.push('\n');
+    for line in &plan.lock {
+        let text = format!("{} {} {}", line.symbol, line.address, line.detail);
+        let painted = match line.symbol.as_str() {
+            "+" => style.green(&text),
+            "-" => style.red(&text),
+            _ => style.yellow(&text),
+        };
+        let _ = writeln!(out, "  lock: {painted}");
+    }
 }
 
 /// "Plan: 2 to create, 1 to change, 0 to replace." (run, forget and delete only when present).

@@ -2,6 +2,7 @@
 
 use super::*;
 
+#[allow(clippy::too_many_arguments)]
 pub(super) async fn apply_spec(
     env: &Env,
     observe: &ObserveArgs,
@@ -10,9 +11,13 @@ pub(super) async fn apply_spec(
     options: &ApplyOptions,
     lock_timeout: Duration,
     ignore_platform: bool,
+    locked: bool,
 ) -> CommandResult {
-    let loaded = load(env)?;
+    let mut loaded = load(env)?;
     check_platform(&loaded, ignore_platform)?;
+    if locked {
+        super::lock::require_locked(&mut loaded)?;
+    }
     let _lock = lock_state(&loaded.state_file, lock_timeout, "apply")?;
     let state = read_state(env, &loaded.state_file)?;
     let mut targets = observe.targets.clone();
@@ -41,6 +46,7 @@ pub(super) async fn apply_spec(
         if apply::record_converged(&loaded, &plan, &observations, &mut state) {
             loaded.state_file.save(&mut state)?;
         }
+        super::lock::write_after_apply(&loaded, &state, &plan, &[])?;
         return Ok(EXIT_OK);
     }
     // Before anything changes (and before asking): the state must be writable.
@@ -264,6 +270,13 @@ async fn run_apply(
     let printer = Printer { style: env.style };
     println!();
     let report = apply::run(loaded, plan, observations, &mut state, options, &printer).await?;
+    let applied: Vec<&str> = report
+        .outcomes
+        .iter()
+        .filter(|(_, o)| matches!(o, Outcome::Applied { .. }))
+        .map(|(address, _)| address.as_str())
+        .collect();
+    super::lock::write_after_apply(loaded, &state, plan, &applied)?;
     let applied = report
         .outcomes
         .iter()

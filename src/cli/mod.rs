@@ -3,6 +3,7 @@
 
 mod apply_commands;
 mod inspect;
+mod lock;
 mod plan;
 mod spec_file;
 
@@ -103,6 +104,9 @@ pub enum Command {
         /// Print the plan as JSON (`plasma schema plan`) on stdout.
         #[arg(long)]
         json: bool,
+        /// Fail when plasma.lock does not match the spec (for CI and cron).
+        #[arg(long)]
+        locked: bool,
     },
     /// Make the machine match the spec (or run a saved plan exactly).
     Apply {
@@ -128,6 +132,20 @@ pub enum Command {
         /// Apply even though the spec's `platform` is not this machine.
         #[arg(long)]
         ignore_platform: bool,
+        /// Fail when plasma.lock does not match the spec, before changing anything.
+        #[arg(long)]
+        locked: bool,
+    },
+    /// Resolve what the spec allows into plasma.lock without applying
+    /// (venvs with uv for the spec's platform, repos with git ls-remote).
+    Lock {
+        /// Move these entries (kind.name, repeatable; none: every entry) to
+        /// what the spec allows now.
+        #[arg(long, num_args = 0.., value_name = "ADDRESS")]
+        upgrade: Option<Vec<String>>,
+        /// Only check: fail when plasma.lock does not match the spec.
+        #[arg(long, conflicts_with = "upgrade")]
+        locked: bool,
     },
     /// Say whether the machine still matches: exit 0 converged, 2 drifted, 1 error.
     Drift {
@@ -332,6 +350,7 @@ async fn dispatch(command: Command, env: &Env) -> CommandResult {
             detailed_exitcode,
             prune,
             json,
+            locked,
         } => {
             plan(
                 env,
@@ -340,9 +359,11 @@ async fn dispatch(command: Command, env: &Env) -> CommandResult {
                 detailed_exitcode,
                 prune,
                 json,
+                locked,
             )
             .await
         }
+        Command::Lock { upgrade, locked } => lock::lock_command(env, upgrade, locked),
         Command::Apply {
             plan_file,
             observe,
@@ -352,11 +373,16 @@ async fn dispatch(command: Command, env: &Env) -> CommandResult {
             rerun,
             lock_timeout,
             ignore_platform,
+            locked,
         } => {
             let options = ApplyOptions { parallelism, prune };
             match plan_file {
                 Some(_) if !rerun.is_empty() => Err(Failure::Message(
                     "--rerun goes with a plan made now, not with a saved plan".into(),
+                )),
+                Some(_) if locked => Err(Failure::Message(
+                    "--locked goes with `plasma plan --locked --out FILE`, not with a saved plan"
+                        .into(),
                 )),
                 Some(file) => {
                     apply_saved(env, &file, &options, lock_timeout, ignore_platform).await
@@ -370,6 +396,7 @@ async fn dispatch(command: Command, env: &Env) -> CommandResult {
                         &options,
                         lock_timeout,
                         ignore_platform,
+                        locked,
                     )
                     .await
                 }

@@ -7,8 +7,12 @@ pub(super) async fn make_plan(
     env: &Env,
     observe: &ObserveArgs,
     prune: bool,
+    locked: bool,
 ) -> Result<(Loaded, Option<State>, Plan, Vec<Option<Observation>>), Failure> {
-    let loaded = load(env)?;
+    let mut loaded = load(env)?;
+    if locked {
+        super::lock::require_locked(&mut loaded)?;
+    }
     let state = read_state(env, &loaded.state_file)?;
     let selected = engine::select(&loaded, &observe.targets)?;
     let results = engine::observe(&loaded, state.as_ref(), &observe.options(), &selected).await;
@@ -27,8 +31,9 @@ pub(super) async fn plan(
     detailed: bool,
     prune: bool,
     json: bool,
+    locked: bool,
 ) -> CommandResult {
-    let (_, _, plan, _) = make_plan(env, observe, prune).await?;
+    let (_, _, plan, _) = make_plan(env, observe, prune, locked).await?;
     if json {
         print_json(&plan);
     } else {
@@ -63,7 +68,7 @@ pub(super) async fn drift(env: &Env, verify: bool, json: bool, quiet: bool) -> C
         verify,
         ..ObserveArgs::default()
     };
-    let (loaded, state, plan, _) = make_plan(env, &observe, false).await?;
+    let (loaded, state, plan, _) = make_plan(env, &observe, false, false).await?;
     let report = DriftReport::from_plan(&loaded, &plan, state.as_ref());
     if json {
         print_json(&report);

@@ -110,7 +110,7 @@ impl PackageSpec {
             .map(|p| (normalize_name(&p.name), p.version.clone()))
             .collect()
     }
-    fn scrubber(&self) -> Scrubber {
+    pub(super) fn scrubber(&self) -> Scrubber {
         let urls = self
             .pins
             .iter()
@@ -374,7 +374,7 @@ impl Installer {
     /// `pip install` / `uv pip install` for this venv, with the sources in
     /// the environment (not the arguments: `ps` shows arguments to every
     /// user on the machine, and credentials may be in the URLs).
-    fn base_command(&self, venv: &Path, sources: &Sources) -> Command {
+    pub(super) fn base_command(&self, venv: &Path, sources: &Sources) -> Command {
         let python = venv_python(venv);
         let (mut cmd, index_var, extra_var, links_var, links_separator) = match self {
             Installer::Pip => {
@@ -555,17 +555,17 @@ fn copy_sources_env(from: &Command, to: &mut Command) {
 
 /// A private temporary folder for constraints, reports and filtered
 /// requirement copies; removed when dropped.
-struct WorkDir(tempfile::TempDir);
+pub(super) struct WorkDir(tempfile::TempDir);
 
 impl WorkDir {
-    fn new() -> Result<WorkDir, PyError> {
+    pub(super) fn new() -> Result<WorkDir, PyError> {
         tempfile::Builder::new()
             .prefix("plasma-python-")
             .tempdir()
             .map(WorkDir)
             .map_err(|e| PyError::io("create a temporary folder in", std::env::temp_dir(), e))
     }
-    fn path(&self) -> &Path {
+    pub(super) fn path(&self) -> &Path {
         self.0.path()
     }
     fn write_constraints(&self, spec: &PackageSpec) -> Result<PathBuf, PyError> {

@@ -116,6 +116,60 @@ fn site_packages_dirs(venv: &Path) -> Result<Vec<PathBuf>, PyError> {
     Ok(dirs)
 }
 
+/// Where each distribution installed from a path, an archive URL or a VCS
+/// came from, as its `direct_url.json` says (PEP 610): normalised name ->
+/// `git+URL@commit`, the URL, or `file://path` (`-e file://path` for an
+/// editable install, as a requirements file writes it). Index installs have no such
+/// file and are absent. Files only; URLs as written (redact before showing).
+pub fn direct_urls(venv: &Path) -> Result<BTreeMap<String, String>, PyError> {
+    let mut out = BTreeMap::new();
+    for site_packages in site_packages_dirs(venv)? {
+        let entries = std::fs::read_dir(&site_packages)
+            .map_err(|e| PyError::io("list", &site_packages, e))?;
+        for entry in entries.flatten() {
+            let file_name = entry.file_name();
+            let Some(file_name) = file_name.to_str() else {
+                continue;
+            };
+            if !file_name.ends_with(".dist-info") || file_name.starts_with('~') {
+                continue;
+            }
+            let Ok(text) = std::fs::read(entry.path().join("direct_url.json")) else {
+                continue;
+            };
+            let Ok(doc) = serde_json::from_slice::<serde_json::Value>(&text) else {
+                continue;
+            };
+            let Some(url) = doc.get("url").and_then(serde_json::Value::as_str) else {
+                continue;
+            };
+            let direct = match doc.get("vcs_info") {
+                Some(vcs) => format!(
+                    "{}+{url}@{}",
+                    vcs.get("vcs")
+                        .and_then(serde_json::Value::as_str)
+                        .unwrap_or("git"),
+                    vcs.get("commit_id")
+                        .and_then(serde_json::Value::as_str)
+                        .unwrap_or_default()
+                ),
+                None if doc
+                    .pointer("/dir_info/editable")
+                    .and_then(serde_json::Value::as_bool)
+                    == Some(true) =>
+                {
+                    format!("-e {url}")
+                }
+                None => url.to_string(),
+            };
+            if let Some((name, _)) = read_name_and_version(&entry.path().join("METADATA")) {
+                out.insert(normalize_name(&name), direct);
+            }
+        }
+    }
+    Ok(out)
+}
+
 fn read_installed(
     site_packages: &Path,
     packages: &mut BTreeMap<String, String>,

@@ -35,6 +35,7 @@ mod error;
 mod forbid;
 mod installer;
 mod interpreter;
+mod locked;
 mod metadata;
 mod names;
 mod process;
@@ -44,7 +45,8 @@ pub use check::Broken;
 pub use error::PyError;
 pub use installer::{IndexUrl, InstallLog, Installer, InstallerChoice, PackageSpec, Pin};
 pub use interpreter::{Interpreter, InterpreterSearch, PythonVersion, find_interpreter};
-pub use metadata::{ObservedVenv, VenvObservation, observe_venv, venv_python};
+pub use locked::{ExactRequirement, ResolveTarget, ResolvedPackage, parse_pylock, resolve_with_uv};
+pub use metadata::{ObservedVenv, VenvObservation, direct_urls, observe_venv, venv_python};
 pub use names::{normalize_name, redact_credentials, version_matches_pin};
 pub use requirements::{
     OverriddenRequirement, Requested, absolute as absolute_path, named_requirements, unmet,

@@ -223,6 +223,8 @@ pub trait Resource: Send + Sync {
     fn dependencies_changed(&self, diff: Diff, changed: &[String]) -> Diff;
     fn show(&self, recorded: Option<&Outputs>) -> Option<String>;
     fn as_any(&self) -> &dyn Any;
+    /// For the lock, which gives each kind its entry at load.
+    fn as_any_mut(&mut self) -> &mut dyn Any;
 }
 
 #[async_trait]
@@ -290,6 +292,10 @@ impl<K: Kind> Resource for K {
     }
 
     fn as_any(&self) -> &dyn Any {
+        self
+    }
+
+    fn as_any_mut(&mut self) -> &mut dyn Any {
         self
     }
 }

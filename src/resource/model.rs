@@ -59,6 +59,9 @@ pub struct Model {
     pub min_speed: Option<Spanned<u64>>,
     pub allow_pickle: Option<Spanned<bool>>,
     pub arch: Option<Spanned<Architecture>>,
+    /// The digest `plasma.lock` recorded for a model whose spec has none
+    /// (trust on first use, then locked), set at load.
+    pub locked_sha256: Option<Sha256Digest>,
 }
 
 /// What a `.safetensors` header says, as shown by `plasma show`.
@@ -201,6 +204,7 @@ impl Model {
             min_speed,
             allow_pickle,
             arch,
+            locked_sha256: None,
         })
     }
 
@@ -210,13 +214,13 @@ impl Model {
 
     fn expected(&self) -> Expected {
         Expected {
-            sha256: self.sha256.as_ref().map(|s| s.value),
+            sha256: self.sha256.as_ref().map(|s| s.value).or(self.locked_sha256),
             size: self.size.as_ref().map(|s| s.value.clone()),
         }
     }
 
     /// Where the bytes come from, for plans and logs (credentials removed).
-    fn origin(&self) -> String {
+    pub fn origin(&self) -> String {
         match (&self.source, self.urls.first()) {
             (Some(source), _) => source.value.display().to_string(),
             (None, Some(url)) => download::redact_url(&url.value),
@@ -229,6 +233,9 @@ impl Model {
     fn wanted_digest(&self, prior: Option<&ResourceState>) -> Option<(Sha256Digest, &'static str)> {
         if let Some(sha) = &self.sha256 {
             return Some((sha.value, "the spec"));
+        }
+        if let Some(sha) = self.locked_sha256 {
+            return Some((sha, "plasma.lock"));
         }
         let prior = prior?;
         // A digest recorded for another path says nothing about this one.

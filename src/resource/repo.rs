@@ -11,7 +11,7 @@
 //!   is where `apply --refresh` leaves it). Only `--refresh` looks upstream
 //!   (`git ls-remote`), so `plan` and `drift` never touch the network.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -71,6 +71,9 @@ pub struct Checkout {
     pub submodules_span: Option<SourceSpan>,
     pub depth: Option<u32>,
     pub on_dirty: OnDirty,
+    /// The commit `plasma.lock` holds this checkout at (its entry names
+    /// this url and rev), set at load; `None` without a matching entry.
+    pub locked: Option<String>,
 }
 
 /// Where the commit that `rev` names came from.
@@ -85,6 +88,9 @@ pub enum TargetSource {
     Upstream,
     /// Not known without fetching; apply fetches it.
     NotFetched,
+    /// The commit `plasma.lock` holds the rev at (even if the tag or branch
+    /// moved since); apply fetches it when the clone lacks it.
+    Locked,
 }
 
 /// The commit `rev` names, as far as observation could tell.
@@ -363,6 +369,7 @@ impl Checkout {
             submodules_span: submodules.filter(|s| !s.value).map(|s| s.span),
             depth: depth?,
             on_dirty,
+            locked: None,
         })
     }
 
@@ -380,7 +387,7 @@ impl Checkout {
     }
 
     /// The URL git is given and stores as origin: without credentials.
-    fn git_url(&self) -> String {
+    pub fn git_url(&self) -> String {
         crate::git::without_credentials(self.url.expose())
     }
 
@@ -423,11 +430,18 @@ impl Checkout {
             source: TargetSource::NotFetched,
         };
         let found = git.observe(&self.path).map_err(git_error)?;
+        let held = self.locked.as_ref().map(|commit| Target {
+            rev: rev.clone(),
+            kind: None,
+            commit: Some(commit.clone()),
+            source: TargetSource::Locked,
+        });
         let tree = match &found {
             RepoObservation::Absent | RepoObservation::EmptyDirectory => {
-                let target = match refresh {
-                    true => self.upstream_target(git)?.unwrap_or_else(not_fetched),
-                    false => not_fetched(),
+                let target = match (held, refresh) {
+                    (Some(held), _) => held,
+                    (None, true) => self.upstream_target(git)?.unwrap_or_else(not_fetched),
+                    (None, false) => not_fetched(),
                 };
                 return Ok(CheckoutObserved {
                     path: self.path.clone(),
@@ -464,13 +478,14 @@ impl Checkout {
                 .as_deref()
                 .is_some_and(|r| same_repository(r, &self.url.redacted()));
 
-        let upstream = match refresh {
-            true => self.upstream_target(git)?,
-            false => None,
+        // A locked commit is the target, whatever the rev names now.
+        let upstream = match (refresh, &held) {
+            (true, None) => self.upstream_target(git)?,
+            _ => None,
         };
-        let target = match upstream {
-            Some(target) => target,
-            None => self.local_target(git, tree, recorded, same_pin)?,
+        let target = match (held, upstream) {
+            (Some(target), _) | (None, Some(target)) => target,
+            (None, None) => self.local_target(git, tree, recorded, same_pin)?,
         };
 
         if url_changes {
@@ -485,6 +500,10 @@ impl Checkout {
             });
             let shares_history = match target.source {
                 TargetSource::LocalRefs | TargetSource::Recorded => true,
+                TargetSource::Locked => target
+                    .commit
+                    .as_deref()
+                    .is_some_and(|c| git.commit_of(&self.path, c).ok().flatten().is_some()),
                 _ => git.resolve_local(&self.path, rev).is_ok(),
             };
             if !origin_was_applied && !shares_history {
@@ -707,6 +726,9 @@ impl Checkout {
         let url = self.url.redacted();
         let rev = &self.rev.value;
         let target_text = |t: &Target| match &t.commit {
+            Some(c) if t.source == TargetSource::Locked => {
+                format!("{rev} held at locked {}", short(c))
+            }
             Some(c) => format!("{rev} ({})", short(c)),
             None => format!("{rev} (not in the clone yet; apply fetches it)"),
         };
@@ -717,6 +739,9 @@ impl Checkout {
                         "clone",
                         None,
                         Some(match &observed.target.commit {
+                            Some(c) if observed.target.source == TargetSource::Locked => {
+                                format!("{url} at {rev} held at locked {}", short(c))
+                            }
                             Some(c) => format!("{url} at {rev} ({})", short(c)),
                             None => format!("{url} at {rev}"),
                         }),
@@ -947,6 +972,12 @@ impl Checkout {
                 };
                 let resolved = git.clone(url, path, &request).map_err(git_error)?;
                 log.line(&format!("checked out {}", resolved.commit));
+                if let Some(locked) = self.locked.as_ref().filter(|c| **c != resolved.commit) {
+                    log.line(&format!(
+                        "{rev} moved since the lock: checking out locked {locked}"
+                    ));
+                    self.check_out_locked(git, path, locked)?;
+                }
                 return Ok(());
             }
             RepoObservation::NotARepository { .. } => {
@@ -993,6 +1024,14 @@ impl Checkout {
                 git.resolve_fetching(path, rev, self.depth, true)
                     .map_err(git_error)?
                     .commit
+            }
+            (Some(commit), TargetSource::Locked) => {
+                if git.commit_of(path, commit).map_err(git_error)?.is_none() {
+                    log.line(&format!("git fetch {commit} (locked)"));
+                    git.resolve_fetching(path, commit, self.depth, true)
+                        .map_err(git_error)?;
+                }
+                commit.clone()
             }
             (Some(commit), _) => commit.clone(),
             (None, _) => unreachable!("a target without a commit is NotFetched"),
@@ -1113,6 +1152,30 @@ impl Checkout {
             operation.kept = kept;
             let _recorded = git.record_operation(path, &operation).map_err(git_error)?;
             git.submodules_update(path, force).map_err(git_error)?;
+        }
+        Ok(())
+    }
+
+    /// After a fresh clone at a rev that moved since the lock: fetch the
+    /// locked commit if the clone lacks it, check it out, update submodules.
+    fn check_out_locked(&self, git: &Git, path: &Path, commit: &str) -> Result<(), ResourceError> {
+        if git.commit_of(path, commit).map_err(git_error)?.is_none() {
+            git.resolve_fetching(path, commit, self.depth, true)
+                .map_err(git_error)?;
+        }
+        let _recorded = git
+            .record_operation(
+                path,
+                &self.operation(
+                    format!("checkout {} (locked)", short(commit)),
+                    Some(commit),
+                    self.submodules,
+                ),
+            )
+            .map_err(git_error)?;
+        git.checkout(path, commit, false).map_err(git_error)?;
+        if self.submodules {
+            git.submodules_update(path, false).map_err(git_error)?;
         }
         Ok(())
     }

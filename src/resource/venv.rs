@@ -32,11 +32,12 @@ use super::{ApplyContext, Kind, ObserveContext, Others, Outputs, ResourceError};
 use crate::diagnostic::Problem;
 use crate::fsutil;
 use crate::lint::{self, Lint, LintContext};
+use crate::lock::{LockedPackage, LockedVenv};
 use crate::plan::{Action, Diff};
 use crate::python::{
-    IndexUrl, InstallLog, Installer, InstallerChoice, InterpreterSearch, ObservedVenv, PackageSpec,
-    Pin, PyError, Requested, VenvObservation, absolute_path, find_interpreter, normalize_name,
-    observe_venv, unmet, version_matches_pin,
+    ExactRequirement, IndexUrl, InstallLog, Installer, InstallerChoice, InterpreterSearch,
+    ObservedVenv, PackageSpec, Pin, PyError, Requested, VenvObservation, absolute_path,
+    find_interpreter, normalize_name, observe_venv, unmet, version_matches_pin,
 };
 use crate::spec::Spanned;
 use crate::spec::reader::NodeReader;
@@ -44,6 +45,17 @@ use crate::state::ResourceState;
 
 /// The record's file name inside the venv.
 pub const RECORD_FILE: &str = ".plasma-record.json";
+
+/// The installer's own packages: never in a lock (as `pip freeze` leaves
+/// them out) and never removed for not being in one.
+const UNLOCKED: &[&str] = &["pip"];
+
+/// Bootstrap packages a venv may have without the lock listing them
+/// (`python -m venv` seeds them; a uv venv has none).
+const BOOTSTRAP: &[&str] = &["pip", "setuptools", "wheel"];
+
+/// The index pip and uv use when the spec names none.
+const PYPI: &str = "https://pypi.org/simple";
 
 /// What the spec asks of the interpreter.
 #[derive(Debug, Clone)]
@@ -86,6 +98,14 @@ pub struct Venv {
     /// Give the venv pip whichever installer made it: `seed-pip #true`, or
     /// a custom node with an install script installs into it.
     pub seed_pip: bool,
+    /// This venv's entry in `plasma.lock`, set at load (`crate::lockfile`).
+    /// It is held (installed exactly) while its inputs match the spec's.
+    pub locked: Option<LockedVenv>,
+    /// The platform the spec is for, `os-arch`: part of the lock's inputs.
+    pub lock_platform: String,
+    /// `--locked`: an entry that does not match fails apply instead of
+    /// resolving anew.
+    pub require_locked: bool,
 }
 
 /// The installer a venv was created with, used again on every install
@@ -165,6 +185,10 @@ pub struct VenvObserved {
     /// set is the recorded one, else the check run again now.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub broken: Vec<String>,
+    /// The venv holds to its `plasma.lock` entry (the entry's inputs match
+    /// the spec's): the locked set is what it must have.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub held: bool,
 }
 
 impl VenvObserved {
@@ -248,6 +272,9 @@ impl Venv {
             installer,
             name,
             seed_pip,
+            locked: None,
+            lock_platform: String::new(),
+            require_locked: false,
         })
     }
 
@@ -269,7 +296,7 @@ impl Venv {
 
     /// The spec's requirements files, absolute and normalised as the
     /// record keys them.
-    fn requirement_paths(&self) -> Vec<PathBuf> {
+    pub fn requirement_paths(&self) -> Vec<PathBuf> {
         self.requirements
             .iter()
             .map(|r| absolute_path(&r.value))
@@ -360,6 +387,165 @@ impl Venv {
         Ok(Standing::Present(
             read_record(self.path()).and_then(|mut r| r.contributions.remove(owner)),
         ))
+    }
+
+    /// BLAKE3 of everything this venv is resolved from: the requirements
+    /// files' contents (not their paths, which differ between machines),
+    /// the pins with their indexes, the venv's index and find-links (all
+    /// redacted), forbids, the Python request and the platform. `None`
+    /// while a requirements file cannot be read (not cloned yet).
+    pub fn lock_inputs(&self) -> Option<String> {
+        let files: Option<Vec<String>> = self
+            .requirements
+            .iter()
+            .map(|f| {
+                std::fs::read(&f.value)
+                    .ok()
+                    .map(|b| blake3::hash(&b).to_hex().to_string())
+            })
+            .collect();
+        let mut forbid: Vec<&str> = self.forbid.iter().map(|f| f.value.as_str()).collect();
+        forbid.sort();
+        let inputs = json!({
+            "python": self.python.value.text(),
+            "platform": self.lock_platform,
+            "pins": self.pins.iter().map(|p| &p.pin).collect::<Vec<_>>(),
+            "index": self.index,
+            "find_links": self.find_links,
+            "forbid": forbid,
+            "requirements": files?,
+        });
+        Some(
+            blake3::hash(inputs.to_string().as_bytes())
+                .to_hex()
+                .to_string(),
+        )
+    }
+
+    /// The lock's entry while it still matches the spec's inputs, and no
+    /// file the last install read through `-r`/`-c` changed since (an
+    /// include's path is the machine's, so it is not in the digest).
+    pub fn held(&self) -> Option<&LockedVenv> {
+        let locked = self.locked.as_ref()?;
+        if Some(&locked.inputs) != self.lock_inputs().as_ref() {
+            return None;
+        }
+        if let Some(record) = read_record(self.path()) {
+            let own = self.requirement_paths();
+            let edited = record
+                .requirements
+                .iter()
+                .filter(|(path, _)| !own.contains(path))
+                .any(|(path, digest)| hash_file(path).ok().flatten().as_ref() != Some(digest));
+            if edited {
+                return None;
+            }
+        }
+        Some(locked)
+    }
+
+    /// This venv's lock entry as it stands after an apply: the recorded
+    /// installed set with where each came from. A distribution the
+    /// `previous` entry lists at the same version keeps its source and
+    /// hashes; when the set and inputs are unchanged, `previous` is kept
+    /// whole (so a lock made for `3.11` does not churn to each machine's
+    /// patch release). `None` when plasma never installed into the venv.
+    pub fn lock_entry(&self, previous: Option<&LockedVenv>) -> Option<LockedVenv> {
+        let VenvObservation::Present(venv) = observe_venv(self.path()).ok()? else {
+            return None;
+        };
+        read_record(self.path())?;
+        let inputs = self.lock_inputs()?;
+        let installed: BTreeMap<&String, &String> = venv
+            .packages
+            .iter()
+            .filter(|(name, _)| !UNLOCKED.contains(&name.as_str()))
+            .collect();
+        if let Some(previous) = previous {
+            let same: BTreeMap<&String, &String> = previous
+                .packages
+                .iter()
+                .map(|p| (&p.name, &p.version))
+                .collect();
+            if previous.inputs == inputs && same == installed {
+                return Some(previous.clone());
+            }
+        }
+        let direct = crate::python::direct_urls(self.path()).unwrap_or_default();
+        let packages = installed
+            .into_iter()
+            .map(|(name, version)| {
+                if let Some(p) = previous
+                    .and_then(|prev| prev.packages.iter().find(|p| &p.name == name))
+                    .filter(|p| &p.version == version)
+                {
+                    return p.clone();
+                }
+                let direct = direct.get(name).map(|u| crate::redact::redact_url(u));
+                let source = direct
+                    .as_deref()
+                    .map(|d| d.trim_start_matches("-e ").to_string());
+                LockedPackage {
+                    name: name.clone(),
+                    version: version.clone(),
+                    source: source.or_else(|| self.index_of(name)),
+                    direct,
+                    hashes: Vec::new(),
+                }
+            })
+            .collect();
+        Some(LockedVenv {
+            inputs,
+            python: venv
+                .python_version
+                .map(|v| v.to_string())
+                .unwrap_or_else(|| self.python.value.text()),
+            platform: self.lock_platform.clone(),
+            resolver: "apply".into(),
+            packages,
+        })
+    }
+
+    /// The index a package installs from, when the spec says: its pin's own
+    /// index, else the venv's (or PyPI's) when no find-links could have
+    /// served it instead. Redacted.
+    fn index_of(&self, name: &str) -> Option<String> {
+        let pin = self
+            .pins
+            .iter()
+            .find(|p| normalize_name(&p.pin.name) == name);
+        if let Some(index) = pin.and_then(|p| p.pin.index.as_ref()) {
+            return Some(index.to_string());
+        }
+        if !self.find_links.is_empty() {
+            return None;
+        }
+        Some(
+            self.index
+                .as_ref()
+                .map_or(PYPI.to_string(), ToString::to_string),
+        )
+    }
+
+    /// The installs that make the venv hold `locked`: every entry, each
+    /// from its pin's own index when it has one.
+    fn exact_requirements<'a>(
+        &self,
+        locked: impl Iterator<Item = &'a LockedPackage>,
+    ) -> Vec<ExactRequirement> {
+        locked
+            .map(|p| ExactRequirement {
+                name: p.name.clone(),
+                version: p.version.clone(),
+                direct: p.direct.clone(),
+                hashes: p.hashes.clone(),
+                index: self
+                    .pins
+                    .iter()
+                    .find(|pin| normalize_name(&pin.pin.name) == p.name)
+                    .and_then(|pin| pin.pin.index.clone()),
+            })
+            .collect()
     }
 
     /// The record of a venv that must exist.
@@ -719,6 +905,11 @@ struct Differences {
     broken: Vec<String>,
     /// The venv should have pip and has none.
     no_pip: bool,
+    /// Held to the lock: entries installed at another version or missing
+    /// (name, found, locked).
+    locked: Vec<(String, Option<String>, String)>,
+    /// Held to the lock: installed but not in it (name, version).
+    not_locked: Vec<(String, String)>,
 }
 
 impl Differences {
@@ -730,7 +921,9 @@ impl Differences {
             && !self.install_requirements
             && !self.unrecorded
             && self.broken.is_empty()
-            && !self.no_pip)
+            && !self.no_pip
+            && self.locked.is_empty()
+            && self.not_locked.is_empty())
     }
 }
 
@@ -770,6 +963,10 @@ impl Venv {
         let mut requirements = Vec::new();
         let mut install_requirements = false;
         let record = observed.record.as_ref();
+        let (locked, not_locked) = match self.locked.as_ref().filter(|_| observed.held) {
+            Some(entry) => self.against_lock(entry, installed, record),
+            None => (Vec::new(), Vec::new()),
+        };
         if let Some(record) = record {
             // Pinned and forbidden packages are reported above, not twice.
             let ours = |name: &String| !self.is_pinned(name) && !self.is_forbidden(name);
@@ -785,7 +982,7 @@ impl Venv {
                 }
             }
         }
-        for file in &observed.requirements {
+        for file in observed.requirements.iter().filter(|_| !observed.held) {
             let shown = file.path.display();
             let recorded = record.and_then(|r| r.requirements.get(&file.path));
             let included = !self.requirement_paths().contains(&file.path);
@@ -819,7 +1016,49 @@ impl Venv {
             unrecorded: record.is_none(),
             broken: observed.broken.clone(),
             no_pip: self.seed_pip && !installed.contains_key("pip"),
+            locked,
+            not_locked,
         }
+    }
+
+    /// What the installed set lacks of the lock (entries at another
+    /// version, or missing), and, for a venv plasma has no record of, what
+    /// it has beyond it (bootstrap packages aside). A package the record
+    /// shows changed outside plasma is reported as that, and one plasma
+    /// installed since the lock was written (a custom node's) is plasma's:
+    /// it joins the lock at the end of the apply. Pinned and forbidden
+    /// packages are reported as such, not twice.
+    #[allow(clippy::type_complexity)]
+    fn against_lock(
+        &self,
+        entry: &LockedVenv,
+        installed: &BTreeMap<String, String>,
+        record: Option<&Record>,
+    ) -> (Vec<(String, Option<String>, String)>, Vec<(String, String)>) {
+        let ours = |name: &String| !self.is_pinned(name) && !self.is_forbidden(name);
+        let as_recorded =
+            |name: &String| record.is_none_or(|r| r.installed.get(name) == installed.get(name));
+        let locked = entry
+            .packages
+            .iter()
+            .filter(|p| ours(&p.name) && as_recorded(&p.name))
+            .filter(|p| installed.get(&p.name) != Some(&p.version))
+            .map(|p| {
+                (
+                    p.name.clone(),
+                    installed.get(&p.name).cloned(),
+                    p.version.clone(),
+                )
+            })
+            .collect();
+        let not_locked = installed
+            .iter()
+            .filter(|_| record.is_none())
+            .filter(|(name, _)| ours(name) && !BOOTSTRAP.contains(&name.as_str()))
+            .filter(|(name, _)| !entry.packages.iter().any(|p| &&p.name == name))
+            .map(|(n, v)| (n.clone(), v.clone()))
+            .collect();
+        (locked, not_locked)
     }
 
     /// The attribute lines a new venv gets in the plan.
@@ -902,6 +1141,7 @@ impl Venv {
         let d = self.differences(venv, observed);
         let mut uninstall: Vec<String> = d.forbidden.iter().map(|(n, _)| n.clone()).collect();
         uninstall.extend(d.extra.iter().map(|(n, _)| n.clone()));
+        uninstall.extend(d.not_locked.iter().map(|(n, _)| n.clone()));
         let restore: Vec<Pin> = d
             .moved
             .iter()
@@ -927,6 +1167,19 @@ impl Venv {
         let venv = self.path();
         let lock = install_lock(venv);
         let _installing = lock.lock().unwrap_or_else(|e| e.into_inner());
+        // Decided again now: requirements files may exist only since an
+        // earlier resource of this apply cloned them.
+        if let Some(entry) = self.held().cloned() {
+            return self.apply_locked(&entry, steps.create, log);
+        }
+        if self.require_locked {
+            return Err(ResourceError::new(format!(
+                "--locked: plasma.lock {} venv.{} (its requirements, pins, indexes, Python or platform changed)",
+                if self.locked.is_some() { "is out of date for" } else { "has no entry for" },
+                self.name
+            ))
+            .help("run `plasma lock` (or apply without --locked) to update the lock"));
+        }
         let spec = self.package_spec();
         // A new venv gets the spec's choice; an existing one its own.
         let installer = if steps.create {
@@ -952,17 +1205,7 @@ impl Venv {
 
         let created_here = steps.create && !venv.exists();
         let outcome = (|| {
-            if steps.create {
-                let interpreter = match &self.python.value {
-                    PythonRequest::Version(v) => find_interpreter(v),
-                    PythonRequest::Path(p) => find_interpreter(&p.display().to_string()),
-                }
-                .map_err(py_error)?;
-                finish_step(installer.create_venv(&interpreter, venv), log)?;
-            }
-            if self.seed_pip {
-                finish_step(Installer::ensure_pip(venv), log)?;
-            }
+            self.make_venv(&installer, steps.create, log)?;
             finish_step(installer.uninstall(venv, &steps.uninstall), log)?;
             if steps.install_pins {
                 let mut with_restored = spec.clone();
@@ -999,10 +1242,7 @@ impl Venv {
             overridden = done.overridden;
         }
         if steps.create || record.installer.is_none() {
-            record.installer = Some(match &installer {
-                Installer::Pip => RecordedInstaller::Pip,
-                Installer::Uv { uv } => RecordedInstaller::Uv { path: uv.clone() },
-            });
+            record.installer = Some(RecordedInstaller::of(&installer));
         }
         self.finish_install(&installer, record, log)?;
 
@@ -1016,6 +1256,122 @@ impl Venv {
             outputs.insert("overridden".into(), json!(lines));
         }
         Ok(outputs)
+    }
+}
+
+impl RecordedInstaller {
+    fn of(installer: &Installer) -> RecordedInstaller {
+        match installer {
+            Installer::Pip => RecordedInstaller::Pip,
+            Installer::Uv { uv } => RecordedInstaller::Uv { path: uv.clone() },
+        }
+    }
+}
+
+impl Venv {
+    /// Creates the venv (replacing one on another interpreter) when
+    /// `create`, then gives it pip when it should have it.
+    fn make_venv(
+        &self,
+        installer: &Installer,
+        create: bool,
+        log: &Path,
+    ) -> Result<(), ResourceError> {
+        let venv = self.path();
+        if create {
+            let interpreter = match &self.python.value {
+                PythonRequest::Version(v) => find_interpreter(v),
+                PythonRequest::Path(p) => find_interpreter(&p.display().to_string()),
+            }
+            .map_err(py_error)?;
+            finish_step(installer.create_venv(&interpreter, venv), log)?;
+        }
+        if self.seed_pip {
+            finish_step(Installer::ensure_pip(venv), log)?;
+        }
+        Ok(())
+    }
+
+    /// Makes the venv hold exactly `entry`: created when `create`, then
+    /// what is not in the lock removed (bootstrap packages kept) and every
+    /// entry not installed at its version installed without dependencies.
+    /// The record then says the spec's files are installed (their contents
+    /// are the lock's inputs).
+    fn apply_locked(
+        &self,
+        entry: &LockedVenv,
+        create: bool,
+        log: &Path,
+    ) -> Result<Outputs, ResourceError> {
+        let venv = self.path();
+        if let Some(p) = entry.packages.iter().find(|p| self.is_forbidden(&p.name)) {
+            return Err(ResourceError::new(format!(
+                "plasma.lock lists {} {}, which venv.{} forbids",
+                p.name, p.version, self.name
+            ))
+            .help("run `plasma lock --upgrade venv.NAME` to resolve it again"));
+        }
+        let installer = if create {
+            Installer::detect(self.installer).map_err(py_error)?
+        } else {
+            self.installer_for(read_record(venv).as_ref())?
+        };
+        logfile::append(
+            log,
+            &format!(
+                "# plasma apply at {} (held to plasma.lock: {})\n",
+                fsutil::now_rfc3339(),
+                crate::lock::packages_text(entry.packages.len())
+            ),
+        );
+        let created_here = create && !venv.exists();
+        let outcome = (|| {
+            self.make_venv(&installer, create, log)?;
+            let installed = installed_now(venv)?;
+            // What the lock does not list goes, except bootstrap packages
+            // and what custom nodes put there (they install it again).
+            let record = read_record(venv).unwrap_or_default();
+            let contributed = |name: &str| {
+                record.contributions.values().any(|c| {
+                    c.script_installed.contains_key(name)
+                        || c.requested.iter().any(|r| r.name == name)
+                })
+            };
+            let uninstall: Vec<String> = installed
+                .keys()
+                .filter(|name| !BOOTSTRAP.contains(&name.as_str()) && !contributed(name))
+                .filter(|name| !entry.packages.iter().any(|p| &p.name == *name))
+                .cloned()
+                .collect();
+            finish_step(installer.uninstall(venv, &uninstall), log)?;
+            let wanted = entry
+                .packages
+                .iter()
+                .filter(|p| installed.get(&p.name) != Some(&p.version));
+            let exact = self.exact_requirements(wanted);
+            finish_step(
+                installer.install_exact(venv, &self.package_spec(), &exact),
+                log,
+            )?;
+            Ok::<_, ResourceError>(())
+        })();
+        if let Err(e) = outcome {
+            if created_here {
+                let _ = std::fs::remove_dir_all(venv);
+            }
+            return Err(e);
+        }
+        let mut record = read_record(venv).unwrap_or_default();
+        for path in self.requirement_paths() {
+            if let Some(digest) = hash_file(&path)? {
+                record.requirements.insert(path, digest);
+            }
+        }
+        if create || record.installer.is_none() {
+            record.installer = Some(RecordedInstaller::of(&installer));
+        }
+        self.finish_install(&installer, record, log)?;
+        Ok(Outputs::new())
     }
 }
 
@@ -1050,7 +1406,19 @@ impl Kind for Venv {
 
     fn diff(&self, observed: &VenvObserved, _prior: Option<&ResourceState>) -> Diff {
         let Some(venv) = observed.present() else {
-            return self.creation_attributes(Diff::new(Action::Create, "the venv does not exist"));
+            let mut diff =
+                self.creation_attributes(Diff::new(Action::Create, "the venv does not exist"));
+            if let Some(entry) = self.locked.as_ref().filter(|_| observed.held) {
+                diff = diff.attribute(
+                    "packages",
+                    None,
+                    Some(format!(
+                        "{} exactly as plasma.lock lists them",
+                        crate::lock::packages_text(entry.packages.len())
+                    )),
+                );
+            }
+            return diff;
         };
         if let Some(found) = &observed.python_mismatch {
             let mut diff = Diff::new(
@@ -1101,7 +1469,16 @@ impl Kind for Venv {
                 None,
             );
         }
+        let held = self.locked.as_ref().filter(|_| observed.held);
         for (name, found, recorded) in &d.moved {
+            if let Some(p) = held.and_then(|e| e.packages.iter().find(|p| &p.name == name)) {
+                reasons.push(format!(
+                    "{name}: {} -> {} (locked {})",
+                    p.version,
+                    found.as_deref().unwrap_or("removed"),
+                    p.version
+                ));
+            }
             let label = match found {
                 Some(_) => format!("{name} (changed outside plasma)"),
                 None => format!("{name} (removed outside plasma)"),
@@ -1117,6 +1494,26 @@ impl Kind for Venv {
                 } else {
                     "s"
                 }
+            ));
+        }
+        for (name, found, locked) in &d.locked {
+            diff = diff.attribute(name, found.clone(), Some(format!("{locked} (locked)")));
+            reasons.push(match found {
+                Some(found) => format!("{name}: {locked} -> {found} (locked {locked})"),
+                None => format!("{name} (locked {locked}) is not installed"),
+            });
+        }
+        for (name, version) in &d.not_locked {
+            diff = diff.attribute(
+                &format!("{name} (not in plasma.lock)"),
+                Some(version.clone()),
+                None,
+            );
+        }
+        if !d.not_locked.is_empty() {
+            reasons.push(format!(
+                "{} not in plasma.lock",
+                crate::lock::packages_text(d.not_locked.len())
             ));
         }
         for note in &d.requirements {
@@ -1265,6 +1662,7 @@ impl Venv {
             requirements,
             record,
             broken,
+            held: self.held().is_some(),
         })
     }
 }

@@ -13,6 +13,7 @@ mod download_layer;
 mod engine_cli;
 mod git_layer;
 mod interrupts;
+mod lock;
 mod lora_kind;
 mod lora_real;
 mod model_kind;

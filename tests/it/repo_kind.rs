@@ -243,7 +243,10 @@ fn a_branch_that_moves_upstream_changes_nothing_until_refresh() {
     sb.run(&["apply", "--yes"]).code(0);
     assert_eq!(head(&clone), fx.d1);
 
-    // `plan --refresh` looks upstream, and changes nothing.
+    // Without plasma.lock (with it the branch is held at the locked commit,
+    // and `plasma lock --upgrade` moves it: tests/it/lock.rs), `plan
+    // --refresh` looks upstream, and changes nothing.
+    fs::remove_file(sb.path("plasma.lock")).unwrap();
     let plan = sb.run(&["plan", "--refresh", "--detailed-exitcode"]);
     plan.code(2);
     let expected = format!(
@@ -990,9 +993,9 @@ fn logging_git(sb: &Sandbox) -> (String, PathBuf) {
 /// A git smart-HTTP server on 127.0.0.1 (`git http-backend` behind Python's
 /// CGI server) that serves the fixture's repositories only to requests that
 /// carry `Authorization: Basic <expected>`, and logs each request's header.
-struct GitHttpServer {
+pub(crate) struct GitHttpServer {
     child: std::process::Child,
-    port: u16,
+    pub(crate) port: u16,
     log: PathBuf,
     _dir: tempfile::TempDir,
 }
@@ -1005,7 +1008,7 @@ impl Drop for GitHttpServer {
 }
 
 impl GitHttpServer {
-    fn start(project_root: &Path, expected_basic: &str) -> GitHttpServer {
+    pub(crate) fn start(project_root: &Path, expected_basic: &str) -> GitHttpServer {
         use std::io::BufRead;
         let dir = tempfile::tempdir().unwrap();
         let backend = dir.path().join("git/backend");

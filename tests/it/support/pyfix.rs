@@ -23,6 +23,9 @@ pub struct Wheel {
     pub version: String,
     pub requires: Vec<String>,
     pub flavour: String,
+    /// The wheel's compatibility tag (`py3-none-any`, or a platform's
+    /// such as `py3-none-macosx_11_0_arm64`).
+    pub tag: String,
 }
 
 impl Wheel {
@@ -32,7 +35,13 @@ impl Wheel {
             version: version.into(),
             requires: Vec::new(),
             flavour: "default".into(),
+            tag: "py3-none-any".into(),
         }
+    }
+    /// Builds the wheel for one platform only (`py3-none-macosx_11_0_arm64`).
+    pub fn tag(mut self, tag: &str) -> Wheel {
+        self.tag = tag.into();
+        self
     }
     pub fn requires(mut self, requirement: &str) -> Wheel {
         self.requires.push(requirement.into());
@@ -67,18 +76,21 @@ pub fn standard_wheels() -> Vec<Wheel> {
     ]
 }
 
-/// Builds wheels into `dir/files` and a simple index into `dir/simple`.
+/// Builds wheels into `dir/files` and a simple index into `dir/simple`;
+/// a name's page lists the wheels already in `dir/files` too, so calling it
+/// again publishes new versions next to the old ones (whose bytes stay).
 pub fn build_index(dir: &Path, wheels: &[Wheel]) {
     let spec: Vec<String> = wheels
         .iter()
         .map(|w| {
             let requires: Vec<String> = w.requires.iter().map(|r| format!("{r:?}")).collect();
             format!(
-                "{{\"name\": {:?}, \"version\": {:?}, \"module\": {:?}, \"flavour\": {:?}, \"requires\": [{}]}}",
+                "{{\"name\": {:?}, \"version\": {:?}, \"module\": {:?}, \"flavour\": {:?}, \"tag\": {:?}, \"requires\": [{}]}}",
                 w.name,
                 w.version,
                 w.module(),
                 w.flavour,
+                w.tag,
                 requires.join(", ")
             )
         })
@@ -118,11 +130,11 @@ for w in wheels:
     files = {
         f"{w['module']}/__init__.py": f"VERSION = {w['version']!r}\nFLAVOUR = {w['flavour']!r}\n",
         f"{info}/METADATA": metadata,
-        f"{info}/WHEEL": "Wheel-Version: 1.0\nGenerator: plasma-pyfix\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
+        f"{info}/WHEEL": f"Wheel-Version: 1.0\nGenerator: plasma-pyfix\nRoot-Is-Purelib: true\nTag: {w['tag']}\n",
     }
     record = "".join(f"{p},{record_hash(c.encode())},{len(c.encode())}\n" for p, c in files.items()) + f"{info}/RECORD,,\n"
     files[f"{info}/RECORD"] = record
-    filename = f"{dist}-{w['version']}-py3-none-any.whl"
+    filename = f"{dist}-{w['version']}-{w['tag']}.whl"
     path = os.path.join(root, "files", filename)
     with zipfile.ZipFile(path, "w") as z:
         for p, c in files.items():
@@ -130,9 +142,19 @@ for w in wheels:
     digest = hashlib.sha256(open(path, "rb").read()).hexdigest()
     links.setdefault(norm(w["name"]), []).append(f'<a href="../../files/{filename}#sha256={digest}">{filename}</a>')
 os.makedirs(os.path.join(root, "simple"), exist_ok=True)
+for name in links:
+    page = os.path.join(root, "simple", name, "index.html")
+    if os.path.exists(page):
+        old = open(page).read().replace("<html><body>", "").replace("</body></html>", "")
+        links[name] = [a for a in re.findall(r"<a [^>]*>[^<]*</a>", old) if a not in links[name]] + links[name]
+for entry in os.listdir(os.path.join(root, "simple")):
+    if os.path.isdir(os.path.join(root, "simple", entry)):
+        links.setdefault(entry, None)
 with open(os.path.join(root, "simple", "index.html"), "w") as f:
     f.write("<html><body>" + "".join(f'<a href="{n}/">{n}</a>' for n in sorted(links)) + "</body></html>")
 for name, anchors in links.items():
+    if anchors is None:
+        continue
     os.makedirs(os.path.join(root, "simple", name), exist_ok=True)
     with open(os.path.join(root, "simple", name, "index.html"), "w") as f:
         f.write("<html><body>" + "".join(anchors) + "</body></html>")
@@ -259,6 +281,11 @@ impl PyIndex {
     /// The same index with `user:password@` in the URL (the server ignores it).
     pub fn url_with_credentials(&self, user: &str, password: &str) -> String {
         format!("http://{user}:{password}@127.0.0.1:{}/simple", self.port)
+    }
+
+    /// Publishes more wheels on the running index, next to those it serves.
+    pub fn publish(&self, wheels: &[Wheel]) {
+        build_index(self.root.path(), wheels);
     }
 
     /// The folder of built wheels, usable as `find-links`.
