@@ -97,7 +97,9 @@ impl DriftReport {
             let what = match entry.status {
                 DriftStatus::Converged => continue,
                 DriftStatus::Drifted => "drifted (changed outside plasma since the last apply)",
-                DriftStatus::SpecChanged => "differs (the spec changed since the last apply)",
+                DriftStatus::SpecChanged => {
+                    "differs (the spec or plasma.lock changed since the last apply)"
+                }
                 DriftStatus::NotApplied => "differs (never applied)",
                 DriftStatus::RemovedFromSpec => "removed from the spec (still in state)",
             };

@@ -28,7 +28,10 @@ pub const LOCK_FILE: &str = "plasma.lock";
 pub const LOCK_VERSION: u32 = 1;
 
 /// The whole lock. `Lock::default()` is an empty lock of the current version.
+/// A table it does not know is an error (a newer format says so by its
+/// `version`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Lock {
     pub version: u32,
     #[serde(default)]
@@ -134,6 +137,11 @@ pub enum LockError {
     },
 }
 
+/// A full SHA-1 or SHA-256 commit hash, as git prints it.
+fn is_full_commit(commit: &str) -> bool {
+    matches!(commit.len(), 40 | 64) && commit.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
 /// The lock beside a spec folder.
 pub fn path_beside(spec_dir: &Path) -> PathBuf {
     spec_dir.join(LOCK_FILE)
@@ -188,7 +196,20 @@ impl Lock {
             Some(other) => return Err(malformed(format!("`version = {other}` is not 1"))),
             None => return Err(malformed("it has no `version`".into())),
         }
-        toml::from_str(text).map_err(|e| malformed(one_line(&e)))
+        let lock: Lock = toml::from_str(text).map_err(|e| malformed(one_line(&e)))?;
+        let checkouts = [("repo", &lock.repo), ("custom-node", &lock.custom_node)];
+        for (kind, entries) in checkouts {
+            for (name, entry) in entries {
+                let commits = std::iter::once(&entry.commit)
+                    .chain(entry.submodules.iter().map(|s| &s.commit));
+                if let Some(bad) = commits.into_iter().find(|c| !is_full_commit(c)) {
+                    return Err(malformed(format!(
+                        "{kind}.{name} has `{bad}` where a full commit hash (40 or 64 hex digits) belongs"
+                    )));
+                }
+            }
+        }
+        Ok(lock)
     }
 
     /// The lock as text: deterministic (sorted, one distribution per line).

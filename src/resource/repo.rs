@@ -1029,7 +1029,7 @@ impl Checkout {
                 if git.commit_of(path, commit).map_err(git_error)?.is_none() {
                     log.line(&format!("git fetch {commit} (locked)"));
                     git.resolve_fetching(path, commit, self.depth, true)
-                        .map_err(git_error)?;
+                        .map_err(|e| self.locked_fetch_error(e, commit))?;
                 }
                 commit.clone()
             }
@@ -1161,7 +1161,7 @@ impl Checkout {
     fn check_out_locked(&self, git: &Git, path: &Path, commit: &str) -> Result<(), ResourceError> {
         if git.commit_of(path, commit).map_err(git_error)?.is_none() {
             git.resolve_fetching(path, commit, self.depth, true)
-                .map_err(git_error)?;
+                .map_err(|e| self.locked_fetch_error(e, commit))?;
         }
         let _recorded = git
             .record_operation(
@@ -1178,6 +1178,23 @@ impl Checkout {
             git.submodules_update(path, false).map_err(git_error)?;
         }
         Ok(())
+    }
+
+    /// A failed fetch of the commit plasma.lock holds this checkout at: when
+    /// the remote no longer has it, the lock is what to change, not `rev`.
+    fn locked_fetch_error(&self, e: GitError, commit: &str) -> ResourceError {
+        match e {
+            GitError::RevNotFound { .. } => ResourceError::new(format!(
+                "{} no longer has {commit}, the commit plasma.lock holds `{}` at",
+                self.url.redacted(),
+                self.rev.value
+            ))
+            .help(
+                "the upstream dropped it (a force-push, or a deleted branch or tag); \
+                 `plasma lock --upgrade ADDRESS` locks what the rev names now",
+            ),
+            other => git_error(other),
+        }
     }
 
     /// The record of an operation of this plasma process on the clone.

@@ -448,18 +448,30 @@ impl Venv {
     /// installed set with where each came from. A distribution the
     /// `previous` entry lists at the same version keeps its source and
     /// hashes; when the set and inputs are unchanged, `previous` is kept
-    /// whole (so a lock made for `3.11` does not churn to each machine's
-    /// patch release). `None` when plasma never installed into the venv.
+    /// whole (so an entry `plasma lock` resolved keeps its hashes).
+    /// Bootstrap packages (`setuptools`, `wheel`: what `python -m venv`
+    /// seeded, at the version the machine's Python bundles) are in it only
+    /// when the spec or its requirements name them, or `previous` lists
+    /// them (uv resolved them as a dependency): another machine's Python
+    /// bundles another version, which no index need have. `python` is the
+    /// spec's request (`3.11`), not this machine's patch release. `None`
+    /// when plasma never installed into the venv.
     pub fn lock_entry(&self, previous: Option<&LockedVenv>) -> Option<LockedVenv> {
         let VenvObservation::Present(venv) = observe_venv(self.path()).ok()? else {
             return None;
         };
-        read_record(self.path())?;
+        let record = read_record(self.path())?;
         let inputs = self.lock_inputs()?;
+        let named = |name: &str| {
+            self.is_pinned(name)
+                || record.requested.iter().any(|r| r.name == name)
+                || previous.is_some_and(|p| p.packages.iter().any(|p| p.name == name))
+        };
         let installed: BTreeMap<&String, &String> = venv
             .packages
             .iter()
             .filter(|(name, _)| !UNLOCKED.contains(&name.as_str()))
+            .filter(|(name, _)| !BOOTSTRAP.contains(&name.as_str()) || named(name))
             .collect();
         if let Some(previous) = previous {
             let same: BTreeMap<&String, &String> = previous
@@ -494,12 +506,13 @@ impl Venv {
                 }
             })
             .collect();
+        let python = match (&self.python.value, venv.python_version) {
+            (PythonRequest::Path(_), Some(v)) => format!("{}.{}", v.major, v.minor),
+            _ => self.python.value.text(),
+        };
         Some(LockedVenv {
             inputs,
-            python: venv
-                .python_version
-                .map(|v| v.to_string())
-                .unwrap_or_else(|| self.python.value.text()),
+            python,
             platform: self.lock_platform.clone(),
             resolver: "apply".into(),
             packages,
@@ -1390,6 +1403,17 @@ impl Kind for Venv {
             "installer": self.installer,
             "packages": self.package_spec(),
             "requirements": self.requirement_paths(),
+            // The set plasma.lock holds it to (a digest of `name==version`
+            // lines): after `plasma lock --upgrade` the venv differs from
+            // what was applied because the lock moved, not by drift.
+            "locked": self.locked.as_ref().map(|entry| {
+                let set: Vec<String> = entry
+                    .packages
+                    .iter()
+                    .map(|p| format!("{}=={}", p.name, p.version))
+                    .collect();
+                blake3::hash(set.join("\n").as_bytes()).to_hex().to_string()
+            }),
         })
     }
 
@@ -1498,8 +1522,10 @@ impl Kind for Venv {
         }
         for (name, found, locked) in &d.locked {
             diff = diff.attribute(name, found.clone(), Some(format!("{locked} (locked)")));
+            // Installed as plasma last left it (or by someone else, with no
+            // record): the lock is what moved.
             reasons.push(match found {
-                Some(found) => format!("{name}: {locked} -> {found} (locked {locked})"),
+                Some(found) => format!("{name}: {found} -> {locked} (plasma.lock)"),
                 None => format!("{name} (locked {locked}) is not installed"),
             });
         }

@@ -97,7 +97,7 @@ fn a_second_machine_gets_the_locked_set_and_a_newer_release_waits_for_upgrade() 
     let apply = a.run(&["apply", "--yes"]);
     apply.code(0);
     assert!(
-        apply.stdout.contains("lock: + venv.app 4 packages"),
+        apply.stdout.contains("lock: + venv.app 3 packages"),
         "{}",
         apply.stdout
     );
@@ -109,6 +109,10 @@ fn a_second_machine_gets_the_locked_set_and_a_newer_release_waits_for_upgrade() 
         text.contains("{ name = \"helper\", version = \"1.1\", source = \"http://***@127.0.0.1:"),
         "{text}"
     );
+    // What `python -m venv` seeded is the machine's, not the lock's: another
+    // machine's Python bundles another setuptools, which no index need have.
+    assert!(!text.contains("name = \"setuptools\""), "{text}");
+    assert!(text.contains("python = \"3.11\"\n"), "{text}");
     // Deterministic: a converged apply leaves the file byte for byte.
     a.run(&["apply", "--yes"]).code(0);
     assert_eq!(a.read("plasma.lock"), text);
@@ -155,13 +159,27 @@ fn a_second_machine_gets_the_locked_set_and_a_newer_release_waits_for_upgrade() 
     let plan = b.run(&["plan", "--detailed-exitcode"]);
     plan.code(2);
     assert!(
-        plan.stdout.contains("~ helper: 1.1 -> 1.2 (locked)"),
+        plan.stdout.contains("~ helper: 1.1 -> 1.2 (locked)")
+            && plan.stdout.contains("(helper: 1.1 -> 1.2 (plasma.lock))"),
         "{}",
         plan.stdout
     );
+    // The lock moved, not the venv: drift says so.
+    let drift = b.run(&["drift"]);
+    drift.code(2);
+    assert!(
+        drift
+            .stdout
+            .contains("differs (the spec or plasma.lock changed since the last apply)"),
+        "{}",
+        drift.stdout
+    );
+    let upgraded = b.read("plasma.lock");
     b.run(&["apply", "--yes"]).code(0);
     assert_eq!(venv_packages(&b.path("venv"))["helper"], "1.2");
     b.run(&["plan", "--detailed-exitcode"]).code(0);
+    // Applying what uv resolved keeps uv's entry (its hashes) as it is.
+    assert_eq!(b.read("plasma.lock"), upgraded, "apply rewrote uv's entry");
 }
 
 #[test]
@@ -264,7 +282,7 @@ fn the_plan_shows_what_apply_changes_in_the_lock() {
     plan.code(0);
     assert!(plan.stdout.contains("No changes"), "{}", plan.stdout);
     assert!(
-        plan.stdout.contains("lock: + venv.app 4 packages"),
+        plan.stdout.contains("lock: + venv.app 3 packages"),
         "{}",
         plan.stdout
     );
@@ -272,7 +290,7 @@ fn the_plan_shows_what_apply_changes_in_the_lock() {
         serde_json::from_str(&sb.run(&["plan", "--json"]).stdout).unwrap();
     assert_eq!(json["lock"][0]["address"], "venv.app");
     assert_eq!(json["lock"][0]["symbol"], "+");
-    assert_eq!(json["lock"][0]["detail"], "4 packages");
+    assert_eq!(json["lock"][0]["detail"], "3 packages");
     // A converged apply writes it back.
     sb.run(&["apply", "--yes"]).code(0);
     assert_eq!(locked_version(&sb, "app", "helper").as_deref(), Some("1.1"));
@@ -340,6 +358,22 @@ fn a_tag_moved_upstream_is_held_at_the_locked_commit_until_upgrade() {
     let submodules = lock_toml(&b)["repo"]["tool"]["submodules"].clone();
     assert_eq!(submodules[0]["path"].as_str(), Some("sd-scripts"));
     assert_eq!(submodules[0]["commit"].as_str(), Some(fx.s2.as_str()));
+
+    // A locked commit the upstream no longer has (force-pushed away): the
+    // lock is what to change, and the error says so.
+    let gone = "0123456789abcdef0123456789abcdef01234567";
+    let c = Sandbox::new();
+    c.spec(&repo_spec(&fx.file_url()));
+    c.write("plasma.lock", &b.read("plasma.lock").replace(&fx.c3, gone));
+    let apply = c.run(&["apply", "--yes"]);
+    apply.code(1);
+    assert!(
+        apply.stderr.contains(&format!(
+            "no longer has {gone}, the commit plasma.lock holds `v0.3.26` at"
+        )) && apply.stderr.contains("plasma lock --upgrade"),
+        "{}",
+        apply.stderr
+    );
 }
 
 #[test]
@@ -469,6 +503,20 @@ fn a_damaged_or_newer_lock_is_a_clear_error() {
         run.stderr
     );
     assert!(!sb.path("a.txt").exists());
+
+    // Hand edits plasma would otherwise take at their word.
+    for (text, says) in [
+        (
+            "version = 1\n[repo.tool]\nurl = \"u\"\nrev = \"v1\"\ncommit = \"zzzz\"\n",
+            "repo.tool has `zzzz` where a full commit hash (40 or 64 hex digits) belongs",
+        ),
+        ("version = 1\n[bogus.x]\n", "unknown field `bogus`"),
+    ] {
+        sb.write("plasma.lock", text);
+        let run = sb.run(&["plan"]);
+        run.code(1);
+        assert!(run.stderr.contains(says), "{}", run.stderr);
+    }
 }
 
 /// The real ComfyUI v0.3.27 venv (requirements from the real clone's tag,
