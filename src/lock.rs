@@ -476,7 +476,7 @@ mod tests {
             LockedCheckout {
                 url: "https://example.com/c.git".into(),
                 rev: "v1".into(),
-                commit: "0123456789abcdef".into(),
+                commit: "0123456789abcdef0123456789abcdef01234567".into(),
                 submodules: vec![LockedSubmodule {
                     path: "sub".into(),
                     commit: "fedcba".into(),
