@@ -727,7 +727,7 @@ impl Checkout {
         let rev = &self.rev.value;
         let target_text = |t: &Target| match &t.commit {
             Some(c) if t.source == TargetSource::Locked => {
-                format!("{rev} held at locked {}", short(c))
+                format!("{rev} at locked {}", short(c))
             }
             Some(c) => format!("{rev} ({})", short(c)),
             None => format!("{rev} (not in the clone yet; apply fetches it)"),
@@ -787,6 +787,7 @@ impl Checkout {
             };
             reasons.push(match observed.target.source {
                 TargetSource::Upstream => format!("{rev} moved upstream"),
+                TargetSource::Locked => "the clone is not at the commit plasma.lock holds".into(),
                 _ => format!("the clone is not at {rev}"),
             });
             diff = diff.attribute("rev", Some(old), Some(target_text(&observed.target)));

@@ -353,6 +353,16 @@ fn a_tag_moved_upstream_is_held_at_the_locked_commit_until_upgrade() {
         lock_toml(&b)["repo"]["tool"]["commit"].as_str(),
         Some(fx.c3.as_str())
     );
+    let plan = b.run(&["plan"]);
+    assert!(
+        plan.stdout
+            .contains("the clone is not at the commit plasma.lock holds")
+            && plan
+                .stdout
+                .contains(&format!("v0.3.26 at locked {}", &fx.c3[..7])),
+        "{}",
+        plan.stdout
+    );
     b.run(&["apply", "--yes"]).code(0);
     assert_eq!(git(&b.path("tool"), &["rev-parse", "HEAD"]), fx.c3);
     let submodules = lock_toml(&b)["repo"]["tool"]["submodules"].clone();
