@@ -479,7 +479,7 @@ mod tests {
                 commit: "0123456789abcdef0123456789abcdef01234567".into(),
                 submodules: vec![LockedSubmodule {
                     path: "sub".into(),
-                    commit: "fedcba".into(),
+                    commit: "fedcba9876543210fedcba9876543210fedcba98".into(),
                 }],
             },
         );

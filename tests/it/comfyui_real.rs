@@ -22,7 +22,7 @@ use serde_json::{Value, json};
 
 use crate::support::gitfix;
 use crate::support::realstack::{self, RealStack};
-use crate::support::sandbox::{Run, Sandbox, StopServices};
+use crate::support::sandbox::{Sandbox, StopServices};
 
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -38,19 +38,6 @@ fn scenario<T>(name: &str, f: impl FnOnce() -> T) -> T {
     let out = f();
     println!("[timing] {name}: {:.1} s", started.elapsed().as_secs_f64());
     out
-}
-
-/// `plasma ARGS` in the sandbox, printing the command, exit code and time.
-fn plasma(sb: &Sandbox, args: &[&str]) -> Run {
-    let started = Instant::now();
-    let run = sb.run(args);
-    println!(
-        "$ plasma {} -> exit {} in {:.1} s",
-        args.join(" "),
-        run.code,
-        started.elapsed().as_secs_f64()
-    );
-    run
 }
 
 fn sha256_hex(bytes: &[u8]) -> String {
@@ -340,7 +327,7 @@ fn real_comfyui_service_and_benchmark_scenarios() {
     // A passing run: plasma adopts the fixture's venv and checkpoint (no
     // install, no copy), clones ComfyUI, starts it, benchmarks.
     scenario("passing run (clone, start, warm-up + 1 run)", || {
-        let run = plasma(&sb, &["apply", "--yes", "--target", "file.after-pass"]);
+        let run = sb.run_timed(&["apply", "--yes", "--target", "file.after-pass"]);
         println!("{}{}", run.stdout, run.stderr);
         run.code(0);
         assert!(
@@ -368,13 +355,11 @@ fn real_comfyui_service_and_benchmark_scenarios() {
     });
 
     scenario("no re-run when nothing changed", || {
-        let plan = plasma(
-            &sb,
-            &["plan", "--detailed-exitcode", "--target", "file.after-pass"],
-        );
+        let plan = sb.run_timed(&["plan", "--detailed-exitcode", "--target", "file.after-pass"]);
         plan.code(0);
         let before = setup.state_entry("benchmark.pass")["outputs"]["result"]["date"].clone();
-        plasma(&sb, &["apply", "--yes", "--target", "file.after-pass"]).code(0);
+        sb.run_timed(&["apply", "--yes", "--target", "file.after-pass"])
+            .code(0);
         assert_eq!(
             setup.state_entry("benchmark.pass")["outputs"]["result"]["date"],
             before
@@ -382,7 +367,7 @@ fn real_comfyui_service_and_benchmark_scenarios() {
     });
 
     scenario("over budget (fails, dependents skipped, recorded)", || {
-        let run = plasma(&sb, &["apply", "--yes", "--target", "file.after-slow"]);
+        let run = sb.run_timed(&["apply", "--yes", "--target", "file.after-slow"]);
         run.code(1);
         println!("{}", run.stderr);
         assert!(run.stderr.contains("over budget: median"), "{}", run.stderr);
@@ -401,10 +386,7 @@ fn real_comfyui_service_and_benchmark_scenarios() {
                 .unwrap()
                 > 1.0
         );
-        let plan = plasma(
-            &sb,
-            &["plan", "--detailed-exitcode", "--target", "benchmark.slow"],
-        );
+        let plan = sb.run_timed(&["plan", "--detailed-exitcode", "--target", "benchmark.slow"]);
         plan.code(2);
         assert!(
             plan.stdout.contains("the last run failed (over budget"),
@@ -414,7 +396,7 @@ fn real_comfyui_service_and_benchmark_scenarios() {
     });
 
     scenario("wrong device (expect-device mps on cpu)", || {
-        let run = plasma(&sb, &["apply", "--yes", "--target", "benchmark.mps"]);
+        let run = sb.run_timed(&["apply", "--yes", "--target", "benchmark.mps"]);
         run.code(1);
         println!("{}", run.stderr);
         assert!(
@@ -434,7 +416,7 @@ fn real_comfyui_service_and_benchmark_scenarios() {
             b"\xff\xff\xff\xff\xff\xff\xff\x7fnot a lora",
         )
         .unwrap();
-        let run = plasma(&sb, &["apply", "--yes", "--target", "benchmark.broken"]);
+        let run = sb.run_timed(&["apply", "--yes", "--target", "benchmark.broken"]);
         run.code(1);
         println!("{}", run.stderr);
         assert!(
@@ -445,7 +427,7 @@ fn real_comfyui_service_and_benchmark_scenarios() {
     });
 
     scenario("missing model name (no extension)", || {
-        let run = plasma(&sb, &["apply", "--yes", "--target", "benchmark.missing"]);
+        let run = sb.run_timed(&["apply", "--yes", "--target", "benchmark.missing"]);
         run.code(1);
         println!("{}", run.stderr);
         assert!(
@@ -459,7 +441,7 @@ fn real_comfyui_service_and_benchmark_scenarios() {
     scenario("UI-format workflow refused", || {
         setup.extra = workflow_benchmark("ui", "ui.json");
         setup.write();
-        let plan = plasma(&sb, &["plan", "--target", "benchmark.ui"]);
+        let plan = sb.run_timed(&["plan", "--target", "benchmark.ui"]);
         plan.code(1);
         let text = format!("{}{}", plan.stdout, plan.stderr);
         println!("{text}");
@@ -475,7 +457,7 @@ fn real_comfyui_service_and_benchmark_scenarios() {
             "\nservice bad {{\n    comfyui repo.comfyui\n    venv venv.comfyui\n    args \"--cpu\" \"--port\" \"{bad_port}\" \"--no-such-flag\"\n    manager \"process\"\n    health {{ timeout \"120s\"; }}\n}}\n"
         );
         setup.write();
-        let run = plasma(&sb, &["apply", "--yes", "--target", "service.bad"]);
+        let run = sb.run_timed(&["apply", "--yes", "--target", "service.bad"]);
         run.code(1);
         println!("{}", run.stderr);
         assert!(
@@ -494,21 +476,19 @@ fn real_comfyui_service_and_benchmark_scenarios() {
             libc::kill(-pid, libc::SIGKILL);
         }
         std::thread::sleep(std::time::Duration::from_millis(500));
-        let plan = plasma(&sb, &["plan", "--target", "service.comfy"]);
+        let plan = sb.run_timed(&["plan", "--target", "service.comfy"]);
         println!("{}", plan.stdout);
         assert!(
             plan.stdout.contains("start: not running"),
             "{}",
             plan.stdout
         );
-        plasma(&sb, &["apply", "--yes", "--target", "service.comfy"]).code(0);
+        sb.run_timed(&["apply", "--yes", "--target", "service.comfy"])
+            .code(0);
         assert_ne!(setup.service_pid(), pid);
         // The benchmark measures nothing a restart changes: no re-run.
-        plasma(
-            &sb,
-            &["plan", "--detailed-exitcode", "--target", "file.after-pass"],
-        )
-        .code(0);
+        sb.run_timed(&["plan", "--detailed-exitcode", "--target", "file.after-pass"])
+            .code(0);
     });
 
     scenario("re-run when a model digest changes", || {
@@ -516,7 +496,7 @@ fn real_comfyui_service_and_benchmark_scenarios() {
         let old = setup.lora_sha.clone();
         setup.lora_sha = sha256_hex(&empty_lora("b"));
         setup.write();
-        let plan = plasma(&sb, &["plan", "--target", "file.after-pass"]);
+        let plan = sb.run_timed(&["plan", "--target", "file.after-pass"]);
         println!("{}", plan.stdout);
         let why = format!("tiny.safetensors sha256:{}", &old[..8]);
         assert!(plan.stdout.contains(&why), "{}", plan.stdout);
@@ -526,7 +506,7 @@ fn real_comfyui_service_and_benchmark_scenarios() {
             plan.stdout
         );
         let before = setup.service_pid();
-        let run = plasma(&sb, &["apply", "--yes", "--target", "file.after-pass"]);
+        let run = sb.run_timed(&["apply", "--yes", "--target", "file.after-pass"]);
         run.code(0);
         assert_eq!(
             setup.service_pid(),
@@ -535,17 +515,14 @@ fn real_comfyui_service_and_benchmark_scenarios() {
         );
         let result = &setup.state_entry("benchmark.pass")["outputs"]["result"];
         assert_eq!(result["runs"].as_array().unwrap().len(), 1);
-        plasma(
-            &sb,
-            &["plan", "--detailed-exitcode", "--target", "file.after-pass"],
-        )
-        .code(0);
+        sb.run_timed(&["plan", "--detailed-exitcode", "--target", "file.after-pass"])
+            .code(0);
     });
 
     scenario("restart when a custom node changes", || {
         setup.node_rev = node_v2.clone();
         setup.write();
-        let plan = plasma(&sb, &["plan", "--target", "file.after-pass"]);
+        let plan = sb.run_timed(&["plan", "--target", "file.after-pass"]);
         println!("{}", plan.stdout);
         assert!(
             plan.stdout.contains("restart: custom-node.probe changed"),
@@ -558,23 +535,21 @@ fn real_comfyui_service_and_benchmark_scenarios() {
             plan.stdout
         );
         let before = setup.service_pid();
-        plasma(&sb, &["apply", "--yes", "--target", "file.after-pass"]).code(0);
+        sb.run_timed(&["apply", "--yes", "--target", "file.after-pass"])
+            .code(0);
         assert_ne!(setup.service_pid(), before, "restarted");
         assert_eq!(
             setup.probe_description(),
             "plasma probe v2",
             "and loaded the new node"
         );
-        plasma(
-            &sb,
-            &["plan", "--detailed-exitcode", "--target", "file.after-pass"],
-        )
-        .code(0);
+        sb.run_timed(&["plan", "--detailed-exitcode", "--target", "file.after-pass"])
+            .code(0);
     });
 
     scenario("overhead (interleaved, 6 of each)", || overhead(&setup));
 
-    let show = plasma(&sb, &["show", "benchmark.pass"]);
+    let show = sb.run_timed(&["show", "benchmark.pass"]);
     println!(
         "{}",
         show.stdout
@@ -585,7 +560,7 @@ fn real_comfyui_service_and_benchmark_scenarios() {
     );
     scenario("prune (stops ComfyUI)", || {
         sb.spec("");
-        plasma(&sb, &["apply", "--yes", "--prune"]).code(0);
+        sb.run_timed(&["apply", "--yes", "--prune"]).code(0);
         assert!(get_text(&format!("http://127.0.0.1:{}/system_stats", setup.port)).is_empty());
     });
     println!(

@@ -16,7 +16,7 @@ use std::sync::MutexGuard;
 use std::time::Instant;
 
 use crate::support::realstack::{self, RealStack};
-use crate::support::sandbox::{Run, Sandbox, StopServices};
+use crate::support::sandbox::{Sandbox, StopServices};
 
 /// The real stack with sd-scripts built, and the real-stack tests' turn;
 /// `None` (and a printed reason) when there is no real stack.
@@ -79,23 +79,10 @@ lora tiny {{
 
 const ACCELERATE_CPU: &str = "compute_environment: LOCAL_MACHINE\ndistributed_type: 'NO'\nmixed_precision: 'no'\nnum_machines: 1\nnum_processes: 1\nuse_cpu: true\n";
 
-/// Runs plasma, printing the command, its exit code and its wall time.
-fn timed(sb: &Sandbox, args: &[&str]) -> Run {
-    let started = Instant::now();
-    let run = sb.run(args);
-    println!(
-        "$ plasma {} -> exit {} in {:.1} s",
-        args.join(" "),
-        run.code,
-        started.elapsed().as_secs_f64()
-    );
-    run
-}
-
 /// Applies the shared clone and venv of `venv` (building them the first
 /// time), printing how long it took.
 fn apply_venv(sb: &Sandbox, venv: &str) {
-    let run = timed(sb, &["apply", "--yes", "--target", venv]);
+    let run = sb.run_timed(&["apply", "--yes", "--target", venv]);
     if run.code != 0 {
         println!(
             "{}{}\n--- log\n{}",
@@ -174,7 +161,7 @@ benchmark with-lora {{
     // ComfyUI's clone first (adopted, with its venv): the LoRA is installed into it.
     apply_venv(&sb, "venv.comfyui");
     apply_venv(&sb, "venv.kohya");
-    let plan = timed(&sb, &["plan", "--target", "lora.tiny"]);
+    let plan = sb.run_timed(&["plan", "--target", "lora.tiny"]);
     plan.code(0);
     println!("{}", plan.stdout);
     assert!(
@@ -184,7 +171,7 @@ benchmark with-lora {{
         plan.stdout
     );
 
-    let apply = timed(&sb, &["apply", "--yes", "--target", "lora.tiny"]);
+    let apply = sb.run_timed(&["apply", "--yes", "--target", "lora.tiny"]);
     println!("{}{}", apply.stdout, apply.stderr);
     apply.code(0);
     let log = sb.read(".plasma/logs/lora.tiny.log");
@@ -221,7 +208,7 @@ benchmark with-lora {{
         show.stdout
     );
 
-    let bench = timed(&sb, &["apply", "--yes", "--target", "benchmark.with-lora"]);
+    let bench = sb.run_timed(&["apply", "--yes", "--target", "benchmark.with-lora"]);
     println!("{}{}", bench.stdout, bench.stderr);
     bench.code(0);
     let result = &sb.state()["resources"]["benchmark.with-lora"]["outputs"]["result"];
@@ -317,7 +304,7 @@ fn real_stack_a_killed_run_resumes_from_its_saved_state() {
     );
     assert!(!sb.path("out/tiny.safetensors").exists());
 
-    let plan = timed(&sb, &["plan", "--target", "lora.tiny"]);
+    let plan = sb.run_timed(&["plan", "--target", "lora.tiny"]);
     println!("{}", plan.stdout);
     plan.code(0);
     assert!(
@@ -325,7 +312,7 @@ fn real_stack_a_killed_run_resumes_from_its_saved_state() {
         "{}",
         plan.stdout
     );
-    let apply = timed(&sb, &["apply", "--yes", "--target", "lora.tiny"]);
+    let apply = sb.run_timed(&["apply", "--yes", "--target", "lora.tiny"]);
     println!("{}{}", apply.stdout, apply.stderr);
     apply.code(0);
     let log = sb.read(".plasma/logs/lora.tiny.log");

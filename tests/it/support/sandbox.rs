@@ -87,6 +87,20 @@ impl Sandbox {
         Run::from(self.command(args).output().expect("plasma runs"))
     }
 
+    /// Runs plasma, printing the command, its exit code and its wall time
+    /// (for the real-stack suites, whose output is their timing record).
+    pub fn run_timed(&self, args: &[&str]) -> Run {
+        let started = std::time::Instant::now();
+        let run = self.run(args);
+        println!(
+            "$ plasma {} -> exit {} in {:.1} s",
+            args.join(" "),
+            run.code,
+            started.elapsed().as_secs_f64()
+        );
+        run
+    }
+
     /// Runs plasma on a machine faked through `PLASMA_PLATFORM`
     /// (`os=macos arch=aarch64 accelerator=mps memory=16GiB`).
     pub fn run_on(&self, facts: &str, args: &[&str]) -> Run {
