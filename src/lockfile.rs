@@ -7,7 +7,7 @@ use crate::plan::{Action, Plan};
 use crate::resource::custom_node::CustomNode;
 use crate::resource::model::Model;
 use crate::resource::repo::{Checkout, Repo};
-use crate::resource::venv::Venv;
+use crate::resource::venv::{Venv, VenvObserved};
 use crate::resource::{Observation, Outputs, Resource};
 use crate::spec::{Declared, Spec};
 use crate::state::State;
@@ -264,7 +264,11 @@ pub fn planned(
         };
         let any = resource.as_any();
         let held = match any.downcast_ref::<Venv>() {
-            Some(venv) => venv.held().is_some(),
+            // Observation worked it out from the files it read.
+            Some(venv) => match observation.and_then(|o| o.value::<VenvObserved>()) {
+                Some(observed) => observed.held,
+                None => venv.held().is_some(),
+            },
             None => checkout_of(resource).is_some_and(|c| c.locked.is_some()),
         };
         if change.diff.action == Action::NoOp {

@@ -203,6 +203,13 @@ pub struct Observation {
     pub fingerprint: String,
 }
 
+impl Observation {
+    /// The kind's own observation (`K::Observed`), when it is a `T`.
+    pub fn value<T: 'static>(&self) -> Option<&T> {
+        self.value.downcast_ref::<T>()
+    }
+}
+
 /// The object-safe face of every kind.
 #[async_trait]
 pub trait Resource: Send + Sync {

@@ -395,15 +395,14 @@ impl Venv {
     /// redacted), forbids, the Python request and the platform. `None`
     /// while a requirements file cannot be read (not cloned yet).
     pub fn lock_inputs(&self) -> Option<String> {
-        let files: Option<Vec<String>> = self
-            .requirements
-            .iter()
-            .map(|f| {
-                std::fs::read(&f.value)
-                    .ok()
-                    .map(|b| blake3::hash(&b).to_hex().to_string())
-            })
-            .collect();
+        self.lock_inputs_with(&read_digest)
+    }
+
+    /// [`Venv::lock_inputs`], with each requirements file's BLAKE3 from
+    /// `digest` (`None`: it cannot be read).
+    fn lock_inputs_with(&self, digest: &dyn Fn(&Path) -> Option<String>) -> Option<String> {
+        let files: Option<Vec<String>> =
+            self.requirements.iter().map(|f| digest(&f.value)).collect();
         let mut forbid: Vec<&str> = self.forbid.iter().map(|f| f.value.as_str()).collect();
         forbid.sort();
         let inputs = json!({
@@ -426,17 +425,27 @@ impl Venv {
     /// file the last install read through `-r`/`-c` changed since (an
     /// include's path is the machine's, so it is not in the digest).
     pub fn held(&self) -> Option<&LockedVenv> {
+        self.held_with(&read_digest, read_record(self.path()).as_ref())
+    }
+
+    /// [`Venv::held`], given each file's BLAKE3 (`digest`) and the venv's
+    /// record, as observation has them already.
+    fn held_with(
+        &self,
+        digest: &dyn Fn(&Path) -> Option<String>,
+        record: Option<&Record>,
+    ) -> Option<&LockedVenv> {
         let locked = self.locked.as_ref()?;
-        if Some(&locked.inputs) != self.lock_inputs().as_ref() {
+        if Some(&locked.inputs) != self.lock_inputs_with(digest).as_ref() {
             return None;
         }
-        if let Some(record) = read_record(self.path()) {
+        if let Some(record) = record {
             let own = self.requirement_paths();
             let edited = record
                 .requirements
                 .iter()
                 .filter(|(path, _)| !own.contains(path))
-                .any(|(path, digest)| hash_file(path).ok().flatten().as_ref() != Some(digest));
+                .any(|(path, recorded)| digest(path).as_ref() != Some(recorded));
             if edited {
                 return None;
             }
@@ -843,6 +852,11 @@ fn write_record(venv: &Path, record: &Record) -> Result<(), ResourceError> {
     text.push(b'\n');
     fsutil::write_atomic(&path, &text, None)
         .map_err(|e| ResourceError::io("cannot write", &path, e))
+}
+
+/// A file's BLAKE3 (hex), `None` when it cannot be read.
+fn read_digest(path: &Path) -> Option<String> {
+    hash_file(path).ok().flatten()
 }
 
 fn hash_file(path: &Path) -> Result<Option<String>, ResourceError> {
@@ -1661,7 +1675,7 @@ impl Venv {
                 }
             }
         }
-        let requirements = paths
+        let requirements: Vec<RequirementsFile> = paths
             .into_iter()
             .map(|path| {
                 let blake3 = hash_file(&path)?;
@@ -1682,13 +1696,24 @@ impl Venv {
             }
             _ => Vec::new(),
         };
+        // Whether the lock holds it, from the digests and record just read.
+        let digests: BTreeMap<&Path, &Option<String>> = requirements
+            .iter()
+            .map(|f| (f.path.as_path(), &f.blake3))
+            .collect();
+        let held = self
+            .held_with(
+                &|path| digests.get(path).and_then(|d| (*d).clone()),
+                record.as_ref(),
+            )
+            .is_some();
         Ok(VenvObserved {
             venv,
             python_mismatch,
             requirements,
             record,
             broken,
-            held: self.held().is_some(),
+            held,
         })
     }
 }
