@@ -8,6 +8,7 @@ use serde_json::Value;
 
 use crate::support::comfyfix::{Config, StandIn};
 use crate::support::sandbox::{Sandbox, StopServices};
+use crate::support::sha256_hex;
 
 const CHECKPOINT: &str = "test-sd15.safetensors";
 
@@ -23,11 +24,6 @@ fn weights(tag: &str) -> Vec<u8> {
 /// The service's command: a long sleep stands in for the ComfyUI process
 /// (the stand-in answers its health URL). Stopped when the test ends.
 const SERVICE_COMMAND: &str = "command \"sleep\" \"600\"\n    manager \"process\"";
-
-fn sha256_hex(bytes: &[u8]) -> String {
-    use sha2::Digest;
-    hex::encode(sha2::Sha256::digest(bytes))
-}
 
 /// A spec with a model, a service the stand-in answers for, a benchmark
 /// (`extra` lines added to it) and a file that depends on the benchmark.

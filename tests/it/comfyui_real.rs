@@ -23,14 +23,7 @@ use serde_json::{Value, json};
 use crate::support::gitfix;
 use crate::support::realstack::{self, RealStack};
 use crate::support::sandbox::{Sandbox, StopServices};
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+use crate::support::{free_port, sha256_hex};
 
 /// Runs `f`, printing its wall time under `name`.
 fn scenario<T>(name: &str, f: impl FnOnce() -> T) -> T {
@@ -38,11 +31,6 @@ fn scenario<T>(name: &str, f: impl FnOnce() -> T) -> T {
     let out = f();
     println!("[timing] {name}: {:.1} s", started.elapsed().as_secs_f64());
     out
-}
-
-fn sha256_hex(bytes: &[u8]) -> String {
-    use sha2::Digest;
-    hex::encode(sha2::Sha256::digest(bytes))
 }
 
 /// A valid `.safetensors` LoRA with no tensors (ComfyUI loads it and

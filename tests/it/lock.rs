@@ -419,10 +419,7 @@ venv app {{
     let mac_wheel = index
         .wheel_dir()
         .join("platlike-2.0-py3-none-macosx_11_0_arm64.whl");
-    let digest = {
-        use sha2::Digest;
-        hex::encode(sha2::Sha256::digest(std::fs::read(&mac_wheel).unwrap()))
-    };
+    let digest = { crate::support::sha256_hex(&std::fs::read(&mac_wheel).unwrap()) };
     let table: toml::Table = toml::from_str(&text).unwrap();
     let entry = &table["venv"]["app"];
     assert_eq!(entry["platform"].as_str(), Some("macos-aarch64"), "{text}");
@@ -674,10 +671,7 @@ async fn a_model_trusted_on_first_use_is_locked_to_that_digest() {
     let a = Sandbox::new();
     a.spec(&spec);
     a.run(&["apply", "--yes"]).code(0);
-    let digest = {
-        use sha2::Digest;
-        hex::encode(sha2::Sha256::digest(&first))
-    };
+    let digest = { crate::support::sha256_hex(&first) };
     assert_eq!(
         lock_toml(&a)["model"]["m"]["sha256"].as_str(),
         Some(digest.as_str())

@@ -113,11 +113,7 @@ fn real_stack_lora_trains_in_a_plasma_venv_and_comfyui_loads_it() {
     sb.write("accelerate.yaml", ACCELERATE_CPU);
     let clone = sb.path("ComfyUI");
     let installed = clone.join("models/loras/tiny.safetensors");
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = crate::support::free_port();
     // The built-in txt2img graph with the trained LoRA (a LoraLoader
     // between the checkpoint and the sampler), 64×64, 3 steps.
     let spec = format!(
@@ -235,12 +231,7 @@ benchmark with-lora {{
 
 /// `ss_steps` of a real checkpoint (its safetensors header's metadata).
 fn ss_steps(file: &Path) -> u64 {
-    let bytes = std::fs::read(file).unwrap();
-    let len = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
-    let header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + len]).unwrap();
-    header["__metadata__"]["ss_steps"]
-        .as_str()
-        .unwrap()
+    plasma::safetensors::read_header(file).unwrap().metadata["ss_steps"]
         .parse()
         .unwrap()
 }

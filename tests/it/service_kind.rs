@@ -6,6 +6,7 @@
 //! are checked by the tools that read them (`systemd-analyze verify`,
 //! Python's `plistlib`). The real ComfyUI runs in `comfyui_real`.
 
+use crate::support::free_port;
 use crate::support::gitfix;
 use crate::support::sandbox;
 
@@ -14,7 +15,7 @@ use std::io::{Read, Write};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use sandbox::Sandbox;
+use sandbox::{Sandbox, StopServices};
 
 /// A stand-in for ComfyUI's HTTP server, as far as a service needs one: it
 /// takes `--listen HOST` and `--port N`, logs to stderr as v0.3.27 does,
@@ -68,15 +69,6 @@ print(f"To see the GUI go to: http://{host}:{port}", file=sys.stderr, flush=True
 server.serve_forever()
 "#;
 
-/// A port nobody listens on now.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// One GET on loopback; the status code, or `None` when nothing answers.
 fn get_status(port: u16, path: &str) -> Option<u16> {
     let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
@@ -124,30 +116,6 @@ fn kill(pid: i32) {
     }
 }
 
-/// Stops whatever services a sandbox started, however a test ends.
-struct Services<'a> {
-    sb: &'a Sandbox,
-}
-
-impl Drop for Services<'_> {
-    fn drop(&mut self) {
-        let Ok(dirs) = std::fs::read_dir(self.sb.path(".plasma/services")) else {
-            return;
-        };
-        for dir in dirs.flatten() {
-            let Ok(text) = std::fs::read_to_string(dir.path().join("record.json")) else {
-                continue;
-            };
-            let value: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
-            if let Some(pid) = value["pid"].as_i64() {
-                unsafe {
-                    libc::kill(-(pid as i32), libc::SIGKILL);
-                }
-            }
-        }
-    }
-}
-
 /// A spec with one stand-in service on `port`, its args after the port.
 fn standin_spec(sb: &Sandbox, port: u16, extra_args: &str, env: &str, more: &str) -> String {
     sb.write("app/standin.py", STANDIN);
@@ -177,7 +145,7 @@ fn started(sb: &Sandbox) -> serde_json::Value {
 #[test]
 fn a_service_starts_healthy_and_a_second_plan_is_converged() {
     let sb = Sandbox::new();
-    let _guard = Services { sb: &sb };
+    let _guard = StopServices(&sb);
     let port = free_port();
     sb.spec(&standin_spec(&sb, port, "", "SERVICE_MARK \"m1\"", ""));
 
@@ -246,7 +214,7 @@ fn a_service_starts_healthy_and_a_second_plan_is_converged() {
 #[test]
 fn a_service_killed_by_hand_is_drift_and_apply_restarts_it() {
     let sb = Sandbox::new();
-    let _guard = Services { sb: &sb };
+    let _guard = StopServices(&sb);
     let port = free_port();
     sb.spec(&standin_spec(&sb, port, "", "", ""));
     sb.run(&["apply", "--yes"]).code(0);
@@ -273,7 +241,7 @@ fn a_service_killed_by_hand_is_drift_and_apply_restarts_it() {
 #[test]
 fn an_unhealthy_service_is_drift_and_apply_restarts_it() {
     let sb = Sandbox::new();
-    let _guard = Services { sb: &sb };
+    let _guard = StopServices(&sb);
     let port = free_port();
     sb.spec(&standin_spec(&sb, port, "", "", ""));
     sb.run(&["apply", "--yes"]).code(0);
@@ -295,7 +263,7 @@ fn an_unhealthy_service_is_drift_and_apply_restarts_it() {
 #[test]
 fn a_recycled_pid_is_not_taken_for_the_service() {
     let sb = Sandbox::new();
-    let _guard = Services { sb: &sb };
+    let _guard = StopServices(&sb);
     let port = free_port();
     sb.spec(&standin_spec(&sb, port, "", "", ""));
     sb.run(&["apply", "--yes"]).code(0);
@@ -324,7 +292,7 @@ fn a_recycled_pid_is_not_taken_for_the_service() {
 #[test]
 fn a_service_that_never_gets_healthy_fails_quoting_its_log() {
     let sb = Sandbox::new();
-    let _guard = Services { sb: &sb };
+    let _guard = StopServices(&sb);
     let port = free_port();
     sb.spec(&standin_spec(&sb, port, "\"--crash\"", "", ""));
     let run = sb.run(&["apply", "--yes"]);
@@ -349,7 +317,7 @@ fn a_service_that_never_gets_healthy_fails_quoting_its_log() {
 fn a_changed_command_or_environment_restarts_it_and_never_shows_values() {
     const SECRET: &str = "s3cret-value-never-shown-9f2";
     let sb = Sandbox::new();
-    let _guard = Services { sb: &sb };
+    let _guard = StopServices(&sb);
     let port = free_port();
     sb.spec(&standin_spec(
         &sb,
@@ -429,7 +397,7 @@ fn a_changed_command_or_environment_restarts_it_and_never_shows_values() {
 #[test]
 fn prune_stops_and_removes_the_service() {
     let sb = Sandbox::new();
-    let _guard = Services { sb: &sb };
+    let _guard = StopServices(&sb);
     let port = free_port();
     sb.spec(&standin_spec(&sb, port, "", "", ""));
     sb.run(&["apply", "--yes"]).code(0);
@@ -459,7 +427,7 @@ fn prune_stops_and_removes_the_service() {
 #[test]
 fn a_changed_dependency_restarts_the_service() {
     let sb = Sandbox::new();
-    let _guard = Services { sb: &sb };
+    let _guard = StopServices(&sb);
     let port = free_port();
     let spec = |value: &str| {
         format!(
@@ -548,7 +516,7 @@ service comfyui {{
 #[test]
 fn a_comfyui_service_runs_main_py_with_its_venv_and_restarts_when_a_node_changes() {
     let sb = Sandbox::new();
-    let _guard = Services { sb: &sb };
+    let _guard = StopServices(&sb);
     comfy_upstreams(&sb);
     let port = free_port();
     let args = format!("\"--cpu\" \"--listen\" \"127.0.0.1\" \"--port\" \"{port}\"");
@@ -775,7 +743,7 @@ print("ok")
 fn a_systemd_service_plans_its_unit_file_with_values_masked() {
     const SECRET: &str = "unit-secret-never-shown-41c";
     let sb = Sandbox::new();
-    let _guard = Services { sb: &sb };
+    let _guard = StopServices(&sb);
     let port = free_port();
     let spec = standin_spec(&sb, port, "", &format!("SERVICE_MARK \"{SECRET}\""), "")
         .replace("manager \"process\"", "manager \"systemd\"");
